@@ -1,0 +1,119 @@
+"""The balancer interface: per-task gradients in, one combined gradient per shared tensor out.
+
+A balancer sees, for every shared parameter tensor j, the stacked per-task gradients
+`grads[j]` of shape (K, *shape_j) with row 0 = the target task. The tensors may be the
+compact rows of an embedding table that a batch touched: every method here only uses norms,
+dot products and linear combinations over a whole tensor, which dropping all-zero rows leaves
+unchanged.
+
+Each method is a per-task `transform` (rescale / project each task's gradient, advancing the
+method's state) followed by a `reduce` over tasks (sum, or mean where asked). `chain(a, b)`
+feeds a's transformed per-task gradients to b's transform and uses b's reduction.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import torch
+from torch import Tensor
+
+REDUCTIONS: tuple[str, ...] = ("sum", "mean")
+GRANULARITIES: tuple[str, ...] = ("tensor", "flat")
+
+
+@runtime_checkable
+class Balancer(Protocol):
+    """What the training loop relies on (see CONTRACT.md); `transform`/`reduce` make methods chainable."""
+
+    reduction: str
+    last_weights: list[Tensor | None] | None
+
+    def __call__(self, grads: Sequence[Tensor]) -> list[Tensor]: ...
+
+    def transform(self, grads: Sequence[Tensor]) -> list[Tensor]: ...
+
+    def reduce(self, grads: Sequence[Tensor]) -> list[Tensor]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def check_grads(grads: Sequence[Tensor]) -> tuple[list[Tensor], int]:
+    """Validate the stacked per-task gradients and return them as a list with the task count K."""
+    if isinstance(grads, Tensor) or not isinstance(grads, Sequence) or len(grads) == 0:
+        raise ValueError(
+            "grads must be a non-empty list with one (K, *param_shape) tensor per shared parameter; "
+            f"got {type(grads).__name__}"
+        )
+    grads = list(grads)
+    for j, g in enumerate(grads):
+        if not isinstance(g, Tensor) or g.dim() < 1 or g.shape[0] < 1:
+            what = tuple(g.shape) if isinstance(g, Tensor) else type(g).__name__
+            raise ValueError(f"grads[{j}] must be a tensor of shape (K, *param_shape) with K >= 1; got {what}")
+        if not g.is_floating_point():
+            raise ValueError(f"grads[{j}] must be a floating-point tensor; got dtype {g.dtype}")
+    k = grads[0].shape[0]
+    bad = [j for j, g in enumerate(grads) if g.shape[0] != k]
+    if bad:
+        raise ValueError(
+            f"every grads[j] needs the same number of tasks K in dim 0 (grads[0] has K={k}); "
+            f"tensors {bad} differ: stack all tasks, target first, for every shared tensor"
+        )
+    return grads, k
+
+
+def task_view(x: Tensor, like: Tensor) -> Tensor:
+    """Reshape a per-task vector (K,) so that it broadcasts against `like` (K, *shape)."""
+    return x.view((x.shape[0],) + (1,) * (like.dim() - 1))
+
+
+def weighted_sum(weights: Tensor, g: Tensor) -> Tensor:
+    """sum_k weights[k] * g[k] for g (K, *shape) in one pass: a (K,) @ (K, N) product -> (*shape)."""
+    return (weights.to(g.dtype) @ g.reshape(g.shape[0], -1)).view(g.shape[1:])
+
+
+def reduction_weights(reduction: str, k: int, like: Tensor) -> Tensor:
+    """(K,) weights of a plain reduction: ones for "sum", 1/K for "mean"."""
+    return torch.full((k,), 1.0 if reduction == "sum" else 1.0 / k, dtype=like.dtype, device=like.device)
+
+
+class GradientBalancer:
+    """Base class: `__call__` = `reduce(transform(grads))`; subclasses override `transform` and state.
+
+    A subclass whose combined gradient is a weighted sum of the input gradients may override
+    `__call__` to compute it in one pass over each tensor; it equals `reduce(transform(grads))`
+    up to float rounding.
+    """
+
+    name: str = "balancer"  # registry name
+    reduction: str = "sum"
+
+    def __init__(self) -> None:
+        self.last_weights: list[Tensor | None] | None = None
+
+    def transform(self, grads: Sequence[Tensor]) -> list[Tensor]:
+        """Per-task gradients after this method (list of (K, *shape)); advances the method's state."""
+        raise NotImplementedError
+
+    def reduce(self, grads: Sequence[Tensor]) -> list[Tensor]:
+        """Combine the K transformed task gradients of each tensor: (K, *shape) -> (*shape)."""
+        return [weighted_sum(reduction_weights(self.reduction, g.shape[0], g), g) for g in grads]
+
+    def __call__(self, grads: Sequence[Tensor]) -> list[Tensor]:
+        return self.reduce(self.transform(grads))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} is stateless but got state keys {sorted(state)}")
+
+    def label(self, short: bool = False) -> str:
+        """Label for plots and tables; `short=True` shows only non-default arguments (used inside chains)."""
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        return self.label()

@@ -1,0 +1,76 @@
+"""Composition of balancers, e.g. MetaBalance then PCGrad as in the follow-up study."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from torch import Tensor
+
+from .base import GradientBalancer, check_grads
+
+
+class Chain(GradientBalancer):
+    """`Chain(a, b)`: b's transform applied to a's transformed per-task gradients, then b's reduction.
+
+    State is that of every member; `last_weights` is the product of the members' per-task weights
+    when all of them have scalar weights, else None (e.g. when PCGrad takes part).
+    """
+
+    name = "chain"
+
+    def __init__(self, *balancers: GradientBalancer) -> None:
+        super().__init__()
+        if len(balancers) < 2:
+            raise ValueError(f"a chain needs at least two balancers; got {len(balancers)}")
+        for b in balancers:
+            if not (callable(getattr(b, "transform", None)) and callable(getattr(b, "reduce", None))):
+                raise ValueError(f"chain members need transform() and reduce(); {b!r} has not")
+        self.balancers: tuple[GradientBalancer, ...] = tuple(balancers)
+        self.reduction = self.balancers[-1].reduction
+
+    def _run(self, grads: Sequence[Tensor], combine: bool) -> list[Tensor]:
+        grads, _ = check_grads(grads)
+        weights: list[Tensor | None] | None = None
+        for i, b in enumerate(self.balancers):
+            last = i == len(self.balancers) - 1
+            grads = b(grads) if last and combine else b.transform(grads)
+            w = b.last_weights
+            if i == 0:
+                weights = None if w is None else list(w)
+            elif weights is not None and w is not None:
+                weights = [None if a is None or c is None else a * c for a, c in zip(weights, w)]
+            else:
+                weights = None
+        self.last_weights = weights
+        return grads
+
+    def transform(self, grads: Sequence[Tensor]) -> list[Tensor]:
+        return self._run(grads, combine=False)
+
+    def __call__(self, grads: Sequence[Tensor]) -> list[Tensor]:
+        """Transforms of all members but the last, then the last member's (fused) combination."""
+        return self._run(grads, combine=True)
+
+    def reduce(self, grads: Sequence[Tensor]) -> list[Tensor]:
+        return self.balancers[-1].reduce(grads)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"balancers": [b.state_dict() for b in self.balancers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        states = state.get("balancers") if isinstance(state, dict) else None
+        if not isinstance(states, (list, tuple)) or len(states) != len(self.balancers):
+            raise ValueError(f"chain state needs 'balancers': a list of {len(self.balancers)} member states")
+        for b, s in zip(self.balancers, states):
+            b.load_state_dict(s)
+
+    def label(self, short: bool = False) -> str:
+        return " + ".join(b.label(short=True) for b in self.balancers)
+
+    def __repr__(self) -> str:
+        return f"Chain({', '.join(repr(b) for b in self.balancers)})"
+
+
+def chain(first: GradientBalancer, second: GradientBalancer, *more: GradientBalancer) -> Chain:
+    """`chain(a, b)`: a's per-task transform, then b's transform and reduction."""
+    return Chain(first, second, *more)
