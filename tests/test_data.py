@@ -1,0 +1,476 @@
+"""Tests of mbkit.data: reading and validating the raw log, filtering, split, negative sampling."""
+
+from __future__ import annotations
+
+import gzip
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mbkit.data import (BEHAVIORS, COLUMNS, DEFAULT_FILTER_MODE, STATS_COLUMNS, WINDOW, build_task_data,
+                        check_no_leakage, filter_log, load_filtered, log_stats, raw_behavior_counts,
+                        read_userbehavior, sample_summary, synthesize, table1_comparison, thesis_stats,
+                        write_userbehavior)
+from mbkit.utils import make_generator
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+SMALL = dict(n_users=2000, n_items=1000)  # ~70 k rows, 0.2 s
+LOW = dict(min_user_items=3, min_item_users=3)  # thresholds that leave ~140 users of SMALL
+
+# Rows exactly as in the published UserBehavior.csv (first lines of the Tianchi file).
+PUBLISHED_ROWS = """\
+1,2268318,2520377,pv,1511544070
+1,2333346,2520771,pv,1511561733
+1,2576651,149192,pv,1511572885
+1,3830808,4181361,pv,1511593493
+1,4365585,2520377,pv,1511596146
+100,1603476,2951233,buy,1511579908
+100,2971043,4869428,cart,1511617549
+101,4554802,2993370,fav,1511650102
+"""
+
+
+def _log(rows: list[tuple[int, int, str]]) -> pd.DataFrame:
+    """A tiny log from (user, item, behavior) triples."""
+    u, i, b = zip(*rows)
+    return pd.DataFrame({"user_id": np.array(u, np.int32), "item_id": np.array(i, np.int32),
+                         "category_id": np.ones(len(u), np.int32),
+                         "behavior": pd.Categorical(b, categories=list(BEHAVIORS)),
+                         "timestamp": np.full(len(u), WINDOW[0], np.int64)})
+
+
+def _keys(log: pd.DataFrame, behavior: str | None = None) -> set[tuple[int, int]]:
+    sel = log if behavior is None else log[log["behavior"] == behavior]
+    return set(zip(sel["user_id"].tolist(), sel["item_id"].tolist()))
+
+
+def _csr_pairs(csr) -> set[tuple[int, int]]:
+    rows = torch.repeat_interleave(torch.arange(len(csr.indptr) - 1), (csr.indptr[1:] - csr.indptr[:-1]).cpu())
+    return set(zip(rows.tolist(), csr.indices.cpu().tolist()))
+
+
+@pytest.fixture(scope="module")
+def small_log() -> pd.DataFrame:
+    return synthesize(**SMALL, seed=0)
+
+
+@pytest.fixture(scope="module")
+def small_filtered(small_log) -> pd.DataFrame:
+    return filter_log(small_log, **LOW)
+
+
+@pytest.fixture(scope="module", params=DEVICES)
+def data(request, small_filtered):
+    return build_task_data(small_filtered, seed=0, device=request.param)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Synthetic default
+
+
+def test_synthesize_schema_and_window(small_log):
+    assert tuple(small_log.columns) == COLUMNS
+    assert [str(t) for t in small_log.dtypes[:3]] == ["int32"] * 3 and small_log["timestamp"].dtype == np.int64
+    assert list(small_log["behavior"].cat.categories) == list(BEHAVIORS)
+    assert small_log["timestamp"].between(WINDOW[0], WINDOW[1] - 1).all()
+    assert (small_log[["user_id", "item_id", "category_id"]] > 0).all().all()
+    # one category per item, as in the real log
+    assert small_log.groupby("item_id")["category_id"].nunique().max() == 1
+
+
+def test_synthesize_is_seeded(small_log):
+    pd.testing.assert_frame_equal(synthesize(**SMALL, seed=0), small_log)
+    assert not synthesize(**SMALL, seed=1).equals(small_log)
+
+
+def test_synthesize_proportions_resemble_real_log(small_log):
+    share = small_log["behavior"].value_counts(normalize=True)
+    real = thesis_stats().loc["raw", list(BEHAVIORS)]
+    real = real / real.sum()
+    assert share["pv"] > share["cart"] > share["fav"] > share["buy"]
+    for b in BEHAVIORS:
+        assert share[b] == pytest.approx(real[b], rel=0.25), b
+
+
+def test_synthesize_funnel_purchase_likelier_after_cart_or_fav(small_log):
+    bought, carted, faved = (_keys(small_log, b) for b in ("buy", "cart", "fav"))
+    viewed = _keys(small_log)
+    plain = viewed - carted - faved
+    p_plain = len(plain & bought) / len(plain)
+    assert len(carted & bought) / len(carted) > 2 * p_plain
+    assert len(faved & bought) / len(faved) > 2 * p_plain
+
+
+def test_default_synthetic_sizes_after_default_filter():
+    stats, filtered = load_filtered("synthetic")
+    f = stats.loc["filtered"]
+    assert 600 <= f["users"] <= 1200 and 800 <= f["items"] <= 2000 and 8_000 <= f["buy"] <= 20_000
+    assert f["pv"] > f["buy"] > f["cart"] > f["fav"] > 0  # the real filtered log's order
+    assert stats.loc["raw", "pv"] > 10 * stats.loc["raw", "buy"]
+    assert len(filtered) == f[list(BEHAVIORS)].sum()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading the raw format
+
+
+def test_published_row_format_parses(tmp_path):
+    path = tmp_path / "UserBehavior.csv"
+    path.write_text(PUBLISHED_ROWS)
+    log = read_userbehavior(path)
+    assert tuple(log.columns) == COLUMNS and len(log) == 8
+    assert log.iloc[0].tolist() == [1, 2268318, 2520377, "pv", 1511544070]
+    assert log["behavior"].tolist()[-3:] == ["buy", "cart", "fav"]
+    assert [str(t) for t in log.dtypes] == ["int32", "int32", "int32", "category", "int64"]
+    assert log.attrs["skipped_rows"] == 0
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz", ".zip"])
+def test_roundtrip_synthesize_write_read(tmp_path, small_log, suffix):
+    path = tmp_path / f"UserBehavior{suffix}"
+    synthesize(**SMALL, seed=0, path=path)
+    pd.testing.assert_frame_equal(read_userbehavior(path), small_log)
+
+
+def test_zip_and_gzip_as_shipped(tmp_path):
+    gz, zp = tmp_path / "UserBehavior.csv.gz", tmp_path / "UserBehavior.csv.zip"
+    with gzip.open(gz, "wt") as f:
+        f.write(PUBLISHED_ROWS)
+    with zipfile.ZipFile(zp, "w") as zf:
+        zf.writestr("UserBehavior.csv", PUBLISHED_ROWS)
+    plain = tmp_path / "UserBehavior.csv"
+    plain.write_text(PUBLISHED_ROWS)
+    expected = read_userbehavior(plain)
+    pd.testing.assert_frame_equal(read_userbehavior(gz), expected)
+    pd.testing.assert_frame_equal(read_userbehavior(zp), expected)
+
+
+def test_large_ids_fall_back_to_int64(tmp_path):
+    path = tmp_path / "big.csv"
+    path.write_text("1,2,3,pv,1511544070\n1,3000000000,3,buy,1511544071\n")
+    log = read_userbehavior(path)
+    assert log["item_id"].dtype == np.int64 and log["item_id"].tolist() == [2, 3_000_000_000]
+
+
+def test_blank_lines_are_ignored(tmp_path):
+    path = tmp_path / "blank.csv"
+    path.write_text("1,2,3,pv,1511544070\n\n1,2,3,buy,1511544071\n\n")
+    assert read_userbehavior(path)["behavior"].tolist() == ["pv", "buy"]
+
+
+GOOD = "1,2268318,2520377,pv,1511544070\n"
+BAD_INPUTS = {  # name: (file content, substrings the message must contain)
+    "too_few_columns": (GOOD + GOOD + "1,2,3,pv\n", ["line(s) 3", "expected 5 comma-separated fields", "found 4"]),
+    "too_many_columns": (GOOD + "1,2,3,pv,5,6\n", ["line(s) 2", "found 6", "user_id,item_id,category_id"]),
+    "non_integer_id": (GOOD + "1,abc,3,pv,5\n" + GOOD + "1.5,2,3,pv,5\n",
+                       ["line(s) 2, 4", "item_id must be an integer id, got 'abc'", "user_id must be an integer"]),
+    "unknown_behavior": (GOOD + "1,2,3,click,5\n", ["line(s) 2", "behavior must be one of pv|cart|fav|buy",
+                                                    "'click'"]),
+    "non_integer_timestamp": (GOOD + "1,2,3,pv,2017-11-25 10:00\n", ["line(s) 2", "timestamp must be an integer"]),
+    "header_line": ("user_id,item_id,category_id,behavior,timestamp\n" + GOOD, ["line(s) 1", "header"]),
+    "empty_file": ("", ["empty", "expected lines of"]),
+    "only_blank_lines": ("\n\n", ["empty"]),
+}
+
+
+@pytest.mark.parametrize("reader", ["read_userbehavior", "load_filtered"])
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_raises_with_file_line_and_expectation(tmp_path, case, reader):
+    content, expected = BAD_INPUTS[case]
+    path = tmp_path / f"{case}.csv"
+    path.write_text(content)
+    with pytest.raises(ValueError) as err:
+        if reader == "read_userbehavior":
+            read_userbehavior(path)
+        else:
+            load_filtered(path, min_user_items=1, min_item_users=1)
+    message = str(err.value)
+    assert f"{case}.csv" in message
+    for part in expected:
+        assert part in message
+
+
+def test_error_lists_only_the_first_offending_lines(tmp_path):
+    path = tmp_path / "many.csv"
+    path.write_text(GOOD + "1,2,3,click,5\n" * 20)
+    with pytest.raises(ValueError, match=r"20 malformed row\(s\) out of 21 \(first at line\(s\) 2, 3, 4, 5, 6\)"):
+        read_userbehavior(path)
+
+
+def test_skip_bad_rows_reports_the_count(tmp_path):
+    path = tmp_path / "mixed.csv"
+    path.write_text(PUBLISHED_ROWS + "1,2,3,click,5\n1,2,3\n" + GOOD)
+    with pytest.warns(UserWarning, match="skipped 2 malformed row"):
+        log = read_userbehavior(path, skip_bad_rows=True)
+    assert log.attrs["skipped_rows"] == 2 and len(log) == 9
+    assert log.iloc[-1].tolist() == [1, 2268318, 2520377, "pv", 1511544070]
+    assert log["item_id"].dtype == np.int32
+    with pytest.warns(UserWarning, match="skipped 2 malformed row"):
+        stats, filtered = load_filtered(path, skip_bad_rows=True, min_user_items=1, min_item_users=1)
+    assert stats.attrs["skipped_rows"] == 2 and stats.loc["raw"].sum() > 0
+    assert stats.loc["raw", "pv"] == (log["behavior"] == "pv").sum()
+
+
+def test_skip_bad_rows_on_a_clean_file_skips_nothing(tmp_path):
+    path = tmp_path / "clean.csv"
+    path.write_text(PUBLISHED_ROWS)
+    assert read_userbehavior(path, skip_bad_rows=True).attrs["skipped_rows"] == 0
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no such file"):
+        read_userbehavior(tmp_path / "nope.csv")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Filtering and statistics
+
+
+def _distinct_counts(log: pd.DataFrame, target: str = "buy") -> tuple[pd.Series, pd.Series]:
+    pairs = log[log["behavior"] == target][["user_id", "item_id"]].drop_duplicates()
+    return pairs.groupby("user_id").size(), pairs.groupby("item_id").size()
+
+
+def test_default_filter_mode_is_documented_once():
+    assert DEFAULT_FILTER_MODE == "once"
+
+
+def test_filter_once_thresholds_hold_on_the_input(small_log, small_filtered):
+    per_user, per_item = _distinct_counts(small_log)
+    users, items = set(per_user[per_user >= 3].index), set(per_item[per_item >= 3].index)
+    assert set(small_filtered["user_id"]) <= users and set(small_filtered["item_id"]) <= items
+    # exactly the rows of surviving users x items, every behavior kept
+    expected = small_log[small_log["user_id"].isin(users) & small_log["item_id"].isin(items)]
+    pd.testing.assert_frame_equal(small_filtered, expected.reset_index(drop=True))
+    assert set(small_filtered["behavior"].unique()) == set(BEHAVIORS)
+
+
+def test_filter_kcore_thresholds_hold_exactly(small_log):
+    core = filter_log(small_log, mode="kcore", **LOW)
+    per_user, per_item = _distinct_counts(core)
+    assert per_user.min() >= 3 and per_item.min() >= 3
+    assert set(core["user_id"]) == set(per_user.index) and set(core["item_id"]) == set(per_item.index)
+    pd.testing.assert_frame_equal(filter_log(core, mode="kcore", **LOW), core)  # a fixed point
+    once = filter_log(small_log, mode="once", **LOW)
+    assert len(core) < len(once) and _distinct_counts(once)[0].min() < 3  # "once" is weaker
+
+
+def test_filter_that_leaves_nothing_raises(small_log):
+    with pytest.raises(ValueError, match="left no data.*lower min_user_items"):
+        filter_log(small_log, min_user_items=10_000)
+
+
+def test_filter_once_with_disjoint_survivors_raises():
+    # user 1 passes (3 distinct items) and item 20 passes (3 buyers), but user 1 never touched item 20
+    log = _log([(1, 10, "buy"), (1, 11, "buy"), (1, 12, "buy"), (2, 20, "buy"), (3, 20, "buy"), (4, 20, "pv"),
+                (4, 20, "buy")])
+    with pytest.raises(ValueError, match="left no data"):
+        filter_log(log, min_user_items=3, min_item_users=3)
+
+
+def test_plain_string_behaviors_and_unknown_values(small_filtered):
+    as_str = small_filtered.assign(behavior=small_filtered["behavior"].astype(str))
+    pd.testing.assert_frame_equal(log_stats(as_str), log_stats(small_filtered))
+    assert build_task_data(as_str, device="cpu").tasks == ("buy", "pv", "cart", "fav")
+    bad = as_str.copy()
+    bad.loc[0, "behavior"] = "click"
+    with pytest.raises(ValueError, match=r"unknown behavior\(s\) \['click'\]"):
+        filter_log(bad)
+
+
+def test_missing_target_raises(small_log):
+    no_buy = small_log[small_log["behavior"] != "buy"]
+    with pytest.raises(ValueError, match="no 'buy' rows"):
+        filter_log(no_buy)
+    with pytest.raises(ValueError, match="no 'buy' rows"):
+        build_task_data(no_buy, device="cpu")
+    with pytest.raises(ValueError, match="not a behavior"):
+        filter_log(small_log, target="click")
+
+
+def test_log_stats_counts(small_log):
+    stats = log_stats({"raw": small_log})
+    assert list(stats.columns) == list(STATS_COLUMNS) and list(stats.index) == ["raw"]
+    row = stats.loc["raw"]
+    assert row["users"] == small_log["user_id"].nunique() and row["items"] == small_log["item_id"].nunique()
+    assert row[list(BEHAVIORS)].sum() == len(small_log)
+    assert log_stats(small_log).index.tolist() == ["log"]
+
+
+def test_thesis_stats_frozen_values():
+    t = thesis_stats()
+    assert t.loc["raw"].tolist() == [987_994, 4_162_024, 2_015_839, 5_530_446, 89_716_264, 2_888_258]
+    assert t.loc["filtered"].tolist() == [16_012, 24_608, 87_179, 51_985, 383_648, 19_039]
+
+
+@pytest.mark.parametrize("mode", ["once", "kcore"])
+def test_load_filtered_equals_in_memory_path(tmp_path, small_log, mode):
+    path = tmp_path / "UserBehavior.csv"
+    write_userbehavior(small_log, path)
+    stats, filtered = load_filtered(path, mode=mode, **LOW)
+    expected = filter_log(small_log, mode=mode, **LOW)
+    pd.testing.assert_frame_equal(stats, log_stats({"raw": small_log, "filtered": expected}))
+    pd.testing.assert_frame_equal(filtered, expected)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Split and samples
+
+
+def test_tasks_target_first_then_present_behaviors(data):
+    assert data.tasks == ("buy", "pv", "cart", "fav") and data.target == "buy"
+    assert data.labels.shape == (len(data.users), 4) and data.labels.dtype == torch.float32
+    assert data.users.device.type == data.device.type and data.train_csr.indices.device.type == data.device.type
+
+
+@pytest.mark.parametrize("present, target, tasks", [
+    (("cart", "buy"), "buy", ("buy", "cart")),
+    (("pv", "fav", "buy"), "buy", ("buy", "pv", "fav")),
+    (BEHAVIORS, "cart", ("cart", "pv", "fav", "buy")),
+])
+def test_fewer_behaviors_give_fewer_tasks(small_filtered, present, target, tasks):
+    log = small_filtered[small_filtered["behavior"].isin(present)]
+    assert build_task_data(log, target=target, device="cpu").tasks == tasks
+
+
+def test_split_is_a_partition_of_distinct_purchases(data, small_filtered):
+    ids = lambda pairs: {(int(data.user_ids[u]), int(data.item_ids[i])) for u, i in pairs}  # noqa: E731
+    bought = _keys(small_filtered, "buy")
+    train = ids(zip(data.users[data.labels[:, 0] == 1].tolist(), data.items[data.labels[:, 0] == 1].tolist()))
+    valid, test = ids(_csr_pairs(data.valid_csr)), ids(_csr_pairs(data.test_csr))
+    assert train | valid | test == bought and not (train & valid or train & test or valid & test)
+    assert len(train) == round(0.7 * len(bought)) and len(valid) == round(0.15 * len(bought))
+
+
+def test_no_heldout_purchase_in_any_training_behavior(data):
+    held = _csr_pairs(data.valid_csr) | _csr_pairs(data.test_csr)
+    positives = set(zip(data.users.tolist(), data.items.tolist()))
+    assert not held & positives
+    assert not held & _csr_pairs(data.train_csr)
+    assert _csr_pairs(data.train_csr) == positives and len(positives) == len(data.users)  # distinct
+
+
+def test_labels_match_training_behaviors(data, small_filtered):
+    held = _csr_pairs(data.valid_csr) | _csr_pairs(data.test_csr)
+    uidx = {int(u): k for k, u in enumerate(data.user_ids)}
+    iidx = {int(i): k for k, i in enumerate(data.item_ids)}
+    pos = list(zip(data.users.tolist(), data.items.tolist()))
+    for k, task in enumerate(data.tasks):
+        pairs = {(uidx[u], iidx[i]) for u, i in _keys(small_filtered, task)} - held
+        assert {p for p, lab in zip(pos, data.labels[:, k].tolist()) if lab == 1} == pairs, task
+    assert (data.labels.sum(1) >= 1).all()
+
+
+def test_raw_id_mapping(data, small_filtered):
+    assert data.n_users == small_filtered["user_id"].nunique()
+    assert data.n_items == small_filtered["item_id"].nunique()
+    raw = _keys(small_filtered)
+    assert all((int(data.user_ids[u]), int(data.item_ids[i])) in raw
+               for u, i in zip(data.users[:200].tolist(), data.items[:200].tolist()))
+
+
+def test_split_determinism(small_filtered):
+    a, b = (build_task_data(small_filtered, seed=0, device="cpu") for _ in range(2))
+    c = build_task_data(small_filtered, seed=1, device="cpu")
+    assert torch.equal(a.valid_csr.indices, b.valid_csr.indices) and torch.equal(a.labels, b.labels)
+    assert _csr_pairs(a.valid_csr) != _csr_pairs(c.valid_csr)
+
+
+def test_negatives_never_hit_a_training_pair(data):
+    users, items, labels = data.epoch_samples(make_generator(0, data.device), num_neg=4)
+    n_pos = len(data.users)
+    assert len(users) == 5 * n_pos and labels.shape == (5 * n_pos, len(data.tasks))
+    neg = labels.sum(1) == 0
+    assert int(neg.sum()) == 4 * n_pos
+    train = _csr_pairs(data.train_csr)
+    assert not set(zip(users[neg].tolist(), items[neg].tolist())) & train
+    # every positive exactly once, with its labels
+    pos_rows = sorted(zip(users[~neg].tolist(), items[~neg].tolist(), map(tuple, labels[~neg].tolist())))
+    assert pos_rows == sorted(zip(data.users.tolist(), data.items.tolist(), map(tuple, data.labels.tolist())))
+    assert 0.1 < float(neg[:n_pos].float().mean()) < 0.9  # shuffled, not positives first
+    # four negatives per positive: per-user negative counts are 4x the positive counts
+    assert torch.equal(torch.bincount(users[neg], minlength=data.n_users),
+                       4 * torch.bincount(data.users, minlength=data.n_users))
+
+
+def test_sampling_determinism_and_fresh_negatives(data):
+    a = data.epoch_samples(make_generator(7, data.device))
+    b = data.epoch_samples(make_generator(7, data.device))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    g = make_generator(7, data.device)
+    first, second = data.epoch_samples(g), data.epoch_samples(g)
+    assert not torch.equal(first[1], second[1])  # redrawn every epoch
+    other = data.epoch_samples(make_generator(8, data.device))
+    assert not torch.equal(a[1], other[1])
+
+
+def test_negatives_uniform_over_non_interacted_items():
+    log = _log([(1, 10, "buy"), (1, 11, "pv"), (2, 12, "buy"), (2, 13, "buy"), (3, 14, "pv"), (3, 10, "buy")] +
+               [(4, i, "buy") for i in range(10, 15)])  # user 4 bought all 5 items ...
+    log = log[~((log["user_id"] == 4) & (log["item_id"] == 14))]  # ... but one
+    data = build_task_data(log, seed=0, fractions=(1.0, 0.0, 0.0), device="cpu")
+    users = torch.zeros(30_000, dtype=torch.long)  # user index 0 (raw id 1): items 10, 11 are training items
+    negs = data.sample_negatives(users, make_generator(0, "cpu"))
+    freq = torch.bincount(negs, minlength=5).double() / len(negs)
+    assert freq[:2].sum() == 0 and torch.allclose(freq[2:], torch.full((3,), 1 / 3, dtype=torch.double), atol=0.02)
+    assert (data.sample_negatives(torch.full((100,), 3), make_generator(0, "cpu")) == 4).all()
+
+
+def test_user_with_every_item_is_an_error():
+    log = _log([(1, 10, "buy"), (1, 11, "pv"), (2, 10, "pv")])
+    with pytest.raises(ValueError, match="every item"):
+        build_task_data(log, fractions=(1.0, 0.0, 0.0), device="cpu")
+
+
+def test_batches_are_slices_of_one_epoch(data):
+    whole = data.epoch_samples(make_generator(3, data.device))
+    parts = list(data.batches(1000, make_generator(3, data.device)))
+    assert all(len(p[0]) == 1000 for p in parts[:-1]) and 0 < len(parts[-1][0]) <= 1000
+    for x, k in zip(whole, range(3)):
+        assert torch.equal(x, torch.cat([p[k] for p in parts]))
+
+
+def test_eval_users_and_csr_mask(data):
+    for split, csr in (("valid", data.valid_csr), ("test", data.test_csr)):
+        users = data.eval_users(split)
+        assert torch.equal(users, torch.unique(torch.tensor(sorted(u for u, _ in _csr_pairs(csr)),
+                                                            dtype=torch.long)).to(users.device))
+    users = data.eval_users("test")[:50]
+    mask = data.test_csr.mask(users, data.n_items)
+    expected = {(int(users[r]), int(c)) for r, c in mask.nonzero().tolist()}
+    assert expected == {p for p in _csr_pairs(data.test_csr) if p[0] in set(users.tolist())}
+    with pytest.raises(ValueError, match="valid"):
+        data.eval_users("train")
+
+
+def test_bad_fractions_and_repr(small_filtered, data):
+    with pytest.raises(ValueError, match="fractions"):
+        build_task_data(small_filtered, fractions=(0.8, 0.15, 0.15), device="cpu")
+    text = repr(data)
+    assert text.startswith("TaskData(tasks=('buy', 'pv', 'cart', 'fav')") and len(text) < 250
+
+
+def test_notebook_helpers(data, small_log, small_filtered):
+    stats = log_stats({"raw": small_log, "filtered": small_filtered})
+    table = table1_comparison(stats)
+    assert table.index.tolist() == ["raw", "filtered", "thesis raw", "thesis filtered"]
+    assert table.loc["thesis filtered", "buy"] == 87_179 and table.loc["raw", "pv"] == stats.loc["raw", "pv"]
+    assert raw_behavior_counts(stats).to_dict() == {b: int((small_log["behavior"] == b).sum()) for b in BEHAVIORS}
+    summary = sample_summary(data)
+    assert summary.index.tolist() == [*data.tasks, "positives (any task)"]
+    assert summary.loc["buy", "valid"] == data.valid_csr.indices.numel() and summary.loc["pv", "test"] == 0
+    assert summary.loc["cart", "train"] == int(data.labels[:, data.tasks.index("cart")].sum())
+    check_no_leakage(data)
+
+
+def test_check_no_leakage_detects_a_leak(small_filtered):
+    data = build_task_data(small_filtered, seed=0, device="cpu")
+    u = int(data.eval_users("test")[0])
+    leaked = data.test_csr.indices[data.test_csr.indptr[u]]
+    data.users, data.items = torch.cat([data.users, torch.tensor([u])]), torch.cat([data.items, leaked[None]])
+    with pytest.raises(AssertionError, match="test buy pairs are training positives"):
+        check_no_leakage(data)
+
