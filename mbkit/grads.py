@@ -1,0 +1,281 @@
+"""Per-task gradients of the shared parameters in one batched backward pass.
+
+MetaBalance (He et al., WWW 2022, Alg. 1) and PCGrad (Yu et al., 2020) need, for every shared parameter
+tensor theta_j, the gradient of every task loss, g_{j,k} = dL_k/dtheta_j. The official code gets them with
+one `backward(retain_graph=True)` per task (plus one more for the towers) over dense embedding tables.
+`GradEngine` gets all of them at once:
+
+1. forward: the batch's embedding rows are gathered into detached leaves (B, D) and the shared
+   representation h (B, 72) is computed once (one dropout mask for all tasks);
+2. towers: h is handed to the towers as K detached copies (K, B, 72); one ordinary backward of
+   sum_k L_k gives each tower its own task's gradient (tower k only reaches L_k) and dL_k/dh per task;
+3. shared bottom: one backward from h with the K cotangents dL_k/dh batched (`is_grads_batched=True`,
+   i.e. vmap over the backward graph) gives (K, *shape) for each dense shared tensor and (K, B, D) for
+   each table's gathered rows, which are summed over duplicate ids (`index_add_`) onto the batch's rows.
+
+Embedding tables reach the balancer as compact rows (K, R, D), with the row ids in `TaskGrads.rows`:
+norms, dot products and linear combinations over a table are unchanged by dropping its all-zero rows,
+so MetaBalance and PCGrad give the same result as on the full (K, n_rows, D) table. The two modes
+differ in how the combined gradient is optimised:
+
+* ``"compact"``: the combined table gradient is written as a sparse COO `.grad` over the batch's rows
+  and the tables are optimised by SparseAdam's update (`RowAdam`, a faster implementation of it): only
+  the touched rows and their Adam moments change, and there is no weight decay (the original's 1e-7
+  then applies to the dense parameters only).
+* ``"dense"``: the combined table gradient is scattered into a dense `.grad` and every parameter is
+  optimised by one dense Adam with weight decay, exactly the original's semantics: rows that the batch
+  did not touch get a zero gradient (plus weight decay), so their moments decay and they keep moving by
+  momentum. ``full_tables=True`` hands the balancer the literal (K, n_rows, D) tables instead of rows
+  (for balancers that are not invariant to zero rows; about 2x slower at paper scale on CPU).
+
+The two modes therefore train differently; the training issue measures whether metrics differ beyond
+seed noise. Host-device synchronisation on CUDA: dense mode has none (its rows are the sorted ids
+padded to the batch size, see `TaskGrads.rows`); compact mode has one per id tensor (`torch.unique`,
+whose size is data-dependent) and builds its sparse gradients already coalesced, so the optimizer adds none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mbkit.model import SharedBottomNeuMF
+
+MODES = ("compact", "dense")
+
+
+@dataclass
+class TaskGrads:
+    """Per-task gradients of one batch. Row k of every stacked tensor is task k (0 = target)."""
+
+    losses: Tensor  # (K,) detached per-task mean BCE losses
+    shared: list[Tensor]  # per shared tensor j, order of model.shared_parameters(): (K, *shape) or (K, R_j, D)
+    rows: list[Tensor | None]  # (R_j,) sorted row ids of table j, None for dense tensors and full tables.
+    # compact mode: the unique ids of the batch. dense mode: R_j = B, the unique ids followed by copies of
+    # the largest one whose gradient rows are zero (a static shape, so no host sync on CUDA)
+    towers: dict[str, Tensor]  # tower parameter name -> gradient of its own task's loss
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not a gradient mode; use one of {MODES}")
+
+
+def _sorted_rows(ids: Tensor, static: bool) -> tuple[Tensor, Tensor]:
+    """Sorted row ids touched by `ids` (B,) and the slot of each id in them (B,), so rows[inv] == ids.
+
+    static=False: the R unique ids (`torch.unique`; a host sync on CUDA). static=True: B slots, the unique
+    ids followed by copies of the largest one that no id maps to, computed without a host sync.
+    """
+    if not static:
+        return torch.unique(ids, sorted=True, return_inverse=True)
+    s = ids.sort().values
+    first = torch.ones_like(s, dtype=torch.bool)
+    first[1:] = s[1:] != s[:-1]
+    slot = first.cumsum(0) - 1  # (B,) slot of each sorted id, nondecreasing
+    pos = torch.searchsorted(slot, torch.arange(len(s), device=s.device)).clamp_(max=len(s) - 1)
+    rows = s[pos]  # (B,) first sorted id of each slot; slots past the last unique id repeat the largest
+    return rows, torch.searchsorted(rows, ids)  # leftmost match = the real slot, never a padding copy
+
+
+class GradEngine:
+    """Per-task gradients of `model`'s shared parameters, plus writing a combined gradient back.
+
+    The engine does not change the model's train/eval mode: call `model.train()` for training steps.
+    """
+
+    def __init__(self, model: SharedBottomNeuMF, mode: str = "compact", full_tables: bool = False) -> None:
+        _check_mode(mode)
+        if full_tables and mode != "dense":
+            raise ValueError("full_tables=True needs mode='dense' (compact mode writes sparse rows)")
+        self.model = model
+        self.mode = mode
+        self.full_tables = full_tables
+        self.shared = model.shared_parameters()
+        self.tower_params = {n: p for k in range(model.cfg.n_tasks) for n, p in model.task_parameters(k).items()}
+
+    # --- forward --------------------------------------------------------------------------------------
+    def _forward_bottom(self, users: Tensor, items: Tensor):
+        """Gather rows into detached leaves and compute h (B, rep_dim) with the graph of the bottom."""
+        ids = self.model.table_ids(users, items)
+        leaves = {n: F.embedding(i, self.shared[n].detach()).requires_grad_() for n, i in ids.items()}
+        return ids, leaves, self.model.represent(leaves)
+
+    @staticmethod
+    def _losses(logits: Tensor, labels: Tensor) -> Tensor:
+        if logits.shape != labels.shape:
+            raise ValueError(f"labels must have shape (B, K) = {tuple(logits.shape)}, got {tuple(labels.shape)}")
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none").mean(0)
+
+    def _rows(self, ids: dict[str, Tensor]) -> dict[int, tuple[Tensor, Tensor]]:
+        """`_sorted_rows` once per distinct id tensor (users, items): id(tensor) -> (rows, inv)."""
+        out: dict[int, tuple[Tensor, Tensor]] = {}
+        for i in ids.values():
+            if id(i) not in out:
+                out[id(i)] = _sorted_rows(i, static=self.mode == "dense")
+        return out
+
+    # --- per-task gradients ------------------------------------------------------------------------------
+    def __call__(self, users: Tensor, items: Tensor, labels: Tensor) -> TaskGrads:
+        """Per-task gradients of every shared tensor (one batched backward) and of each task's tower."""
+        ids, leaves, h = self._forward_bottom(users, items)
+        n_tasks = self.model.cfg.n_tasks
+        h_tasks = h.detach().expand(n_tasks, *h.shape).requires_grad_()  # tower k reads h_tasks[k]
+        losses = self._losses(self.model.heads(h_tasks), labels)  # (K,)
+        towers = list(self.tower_params.values())
+        dh, *g_towers = torch.autograd.grad(losses.sum(), [h_tasks, *towers])  # dh: (K, B, rep_dim)
+
+        names = list(self.shared)
+        inputs = [leaves[n] if n in leaves else self.shared[n] for n in names]
+        g_shared = torch.autograd.grad(
+            h, inputs, grad_outputs=dh, is_grads_batched=True, allow_unused=True, materialize_grads=True
+        )
+        slots = {} if self.full_tables else self._rows(ids)
+        shared: list[Tensor] = []
+        rows: list[Tensor | None] = []
+        for n, g in zip(names, g_shared):
+            if n not in ids:
+                shared.append(g)  # (K, *shape)
+                rows.append(None)
+            elif self.full_tables:
+                shared.append(g.new_zeros(n_tasks, *self.shared[n].shape).index_add_(1, ids[n], g))  # (K, n, D)
+                rows.append(None)
+            else:
+                r, inv = slots[id(ids[n])]
+                shared.append(g.new_zeros(n_tasks, len(r), g.shape[-1]).index_add_(1, inv, g))  # (K, R, D)
+                rows.append(r)
+        towers = {n: t.contiguous() for n, t in zip(self.tower_params, g_towers)}  # bmm grads are transposed views
+        return TaskGrads(losses.detach(), shared, rows, towers)
+
+    # --- writing back ------------------------------------------------------------------------------------
+    def _table_grad(self, name: str, rows: Tensor, values: Tensor) -> Tensor:
+        """.grad of table `name` from row values (R, D): sparse COO (compact) or dense (dense)."""
+        if self.mode == "compact":  # rows are unique and sorted: already coalesced, the optimizer adds no sync
+            shape = self.shared[name].shape
+            return torch.sparse_coo_tensor(rows[None], values, shape, is_coalesced=True, check_invariants=False)
+        return values.new_zeros(self.shared[name].shape).index_add_(0, rows, values)  # padding rows carry zeros
+
+    def write(self, tg: TaskGrads, combined: list[Tensor]) -> None:
+        """Set `.grad` of every parameter: `combined[j]` for shared tensor j, each tower its own task's grad.
+
+        Compact-mode tables get a sparse COO gradient over `tg.rows[j]` (for RowAdam or SparseAdam); everything
+        else a dense, contiguous one (torch 2.13's fused CPU Adam silently misreads non-contiguous gradients).
+        """
+        if len(combined) != len(self.shared):
+            raise ValueError(
+                f"expected {len(self.shared)} combined gradients (one per shared tensor), got {len(combined)}"
+            )
+        for (n, p), g, r in zip(self.shared.items(), combined, tg.rows):
+            p.grad = g.reshape(p.shape).contiguous() if r is None else self._table_grad(n, r, g)
+        for n, g in tg.towers.items():
+            self.tower_params[n].grad = g.contiguous()
+
+    def backward_sum(self, users: Tensor, items: Tensor, labels: Tensor) -> Tensor:
+        """Vanilla fast path: one backward of sum_k L_k; sets `.grad` as `write` would; returns (K,) losses.
+
+        Gives the same `.grad` (up to float summation order) as `__call__` + `write` with the plain sum,
+        and draws the same dropout masks from the same RNG state. Replaces `.grad`, never accumulates.
+        """
+        ids, leaves, h = self._forward_bottom(users, items)
+        losses = self._losses(self.model.heads(h), labels)
+        names = list(self.shared)
+        inputs = [leaves[n] if n in leaves else self.shared[n] for n in names]
+        towers = list(self.tower_params.values())
+        grads = torch.autograd.grad(losses.sum(), inputs + towers, allow_unused=True, materialize_grads=True)
+        slots = self._rows(ids) if self.mode == "compact" else {}
+        for n, g in zip(names, grads):
+            p = self.shared[n]
+            if n not in ids:
+                p.grad = g.contiguous()
+            elif self.mode == "compact":
+                r, inv = slots[id(ids[n])]
+                p.grad = self._table_grad(n, r, g.new_zeros(len(r), g.shape[-1]).index_add_(0, inv, g))
+            else:
+                p.grad = g.new_zeros(p.shape).index_add_(0, ids[n], g)  # what the embedding backward does
+        for p, g in zip(towers, grads[len(names) :]):
+            p.grad = g.contiguous()
+        return losses.detach()
+
+
+class RowAdam(torch.optim.Optimizer):
+    """`torch.optim.SparseAdam`'s update, ~3x faster on CPU: index_select / index_copy_ on the gradient's rows.
+
+    For a coalesced sparse COO gradient (what `GradEngine.write` builds), only the rows present are
+    updated: their moments m, v move as in Adam and the row moves by lr * sqrt(1 - b2^t) / (1 - b1^t) *
+    m / (sqrt(v) + eps), exactly SparseAdam's arithmetic (eps before the bias correction of v); the other
+    rows and their moments are untouched, the step count t is per parameter, and there is no weight decay.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        if not (lr > 0 and eps > 0 and 0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"RowAdam needs lr > 0, eps > 0 and betas in [0, 1); got {lr=}, {betas=}, {eps=}")
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            (b1, b2), eps, lr = group["betas"], group["eps"], group["lr"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if not p.grad.is_sparse:
+                    raise RuntimeError("RowAdam takes sparse row gradients (GradEngine in compact mode); use Adam")
+                grad = p.grad.coalesce()  # a no-op for gradients built coalesced
+                rows, g = grad.indices()[0], grad.values()  # (R,), (R, D)
+                state = self.state[p]
+                if not state:
+                    state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                state["step"] += 1
+                t = state["step"]
+                m = state["exp_avg"].index_select(0, rows).lerp_(g, 1 - b1)  # (R, D)
+                v = state["exp_avg_sq"].index_select(0, rows).mul_(b2).addcmul_(g, g, value=1 - b2)
+                state["exp_avg"].index_copy_(0, rows, m)
+                state["exp_avg_sq"].index_copy_(0, rows, v)
+                step_size = lr * (1 - b2**t) ** 0.5 / (1 - b1**t)
+                p.index_add_(0, rows, m.div_(v.sqrt().add_(eps)), alpha=-step_size)
+        return loss
+
+
+def make_optimizers(
+    model: SharedBottomNeuMF, mode: str, lr: float = 1e-3, weight_decay: float = 1e-7
+) -> list[torch.optim.Optimizer]:
+    """Optimizers for `mode`: compact -> [RowAdam(tables), Adam(rest)]; dense -> [Adam(all)] (original).
+
+    RowAdam is SparseAdam's update (tested equal), which has no weight decay: in compact mode
+    `weight_decay` applies to the dense parameters only. Adam uses the fused kernel where the device has
+    one (same algorithm, one pass over the memory).
+    """
+    _check_mode(mode)
+    named = dict(model.named_parameters())
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in named.values())
+    if mode == "dense":
+        return [torch.optim.Adam(named.values(), lr=lr, weight_decay=weight_decay, fused=fused)]
+    tables = model.TABLE_NAMES
+    return [
+        RowAdam([named[n] for n in tables], lr=lr),
+        torch.optim.Adam(
+            [p for n, p in named.items() if n not in tables], lr=lr, weight_decay=weight_decay, fused=fused
+        ),
+    ]
+
+
+def grad_stats(tg: TaskGrads) -> tuple[Tensor, Tensor]:
+    """(J, K) Frobenius norms of each task's gradient per shared tensor, and (J, K) cosine to the target's.
+
+    A zero gradient has cosine 0. Stays on device (no host sync).
+    """
+    norms, cos = [], []
+    for g in tg.shared:
+        flat = g.flatten(1)  # (K, N)
+        nrm = torch.linalg.vector_norm(flat, dim=1)  # (K,)
+        dots = flat @ flat[0]  # (K,)
+        norms.append(nrm)
+        cos.append(dots / (nrm * nrm[0]).clamp_min(torch.finfo(g.dtype).tiny))
+    return torch.stack(norms), torch.stack(cos)
