@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PARAMS ?= notebooks/params/default.yaml
 EXECUTED  := build/executed
 
-.PHONY: setup reproduce test clean
+.PHONY: setup reproduce notebooks test clean
 
 setup: $(VENV)/.installed
 
@@ -18,6 +18,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 reproduce: setup
 	$(BIN)/python -m mbkit reproduce --params $(PARAMS) --out $(EXECUTED)
+
+# Maintainers: re-run the notebooks and store the executed copies (with outputs) in notebooks/.
+notebooks: setup
+	$(BIN)/python -m mbkit reproduce --params $(PARAMS) --out $(EXECUTED) --update-notebooks
 
 test: setup
 	$(BIN)/python -m pytest -p no:cacheprovider --nbval --nbval-current-env tests notebooks

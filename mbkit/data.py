@@ -33,6 +33,7 @@ import polars as pl
 import torch
 from torch import Tensor
 
+from mbkit.metrics import csr_rows_mask
 from mbkit.utils import resolve_device
 
 BEHAVIORS: tuple[str, ...] = ("pv", "cart", "fav", "buy")
@@ -690,13 +691,7 @@ class CSR(NamedTuple):
 
     def mask(self, rows: Tensor, n_cols: int) -> Tensor:
         """Dense bool (len(rows), n_cols) membership mask of the given rows (e.g. for ranking)."""
-        start, lengths = self.indptr[rows], self.indptr[rows + 1] - self.indptr[rows]
-        out = torch.zeros(len(rows), n_cols, dtype=torch.bool, device=self.indices.device)
-        r = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), lengths)
-        offset = torch.arange(len(r), device=rows.device) - torch.repeat_interleave(
-            torch.cumsum(lengths, 0) - lengths, lengths)
-        out[r, self.indices[torch.repeat_interleave(start, lengths) + offset]] = True
-        return out
+        return csr_rows_mask(self.indptr, self.indices, rows, n_cols)
 
 
 def _csr(keys: np.ndarray, n_rows: int, n_cols: int, device: torch.device) -> CSR:
@@ -795,6 +790,16 @@ class TaskData:
         for start in range(0, len(users), batch_size):
             batch = slice(start, start + batch_size)
             yield users[batch], items[batch], labels[batch]
+
+    def to(self, device: str | torch.device) -> "TaskData":
+        """The same data on another device (`"auto"` resolves as everywhere in mbkit)."""
+        device = resolve_device(device)
+        if device == self.device:
+            return self
+        move = lambda csr: CSR(csr.indptr.to(device), csr.indices.to(device))  # noqa: E731
+        return TaskData(self.tasks, self.target, self.n_users, self.n_items, device, self.users.to(device),
+                        self.items.to(device), self.labels.to(device), move(self.train_csr),
+                        move(self.valid_csr), move(self.test_csr), self.user_ids, self.item_ids)
 
     def eval_users(self, split: str) -> Tensor:
         """Users with at least one held-out purchase in `split` ("valid" or "test"), ascending."""

@@ -1,0 +1,119 @@
+"""Command line: `python -m mbkit {data,train,reproduce} ...` (`--help` on each documents every option)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump
+        self.exit(2, f"mbkit: error: {message} (see `python -m mbkit {self.prog.split()[-1]} --help`)\n")
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="synthetic",
+                   help="'synthetic' (built-in default log) or a path to UserBehavior.csv / .zip / .csv.gz")
+    p.add_argument("--target", default="buy", help="target behavior (default: buy)")
+    p.add_argument("--filter-mode", default="once", choices=["once", "kcore"],
+                   help="one pass of the 10/10 thresholds, or iterate to a fixed point (default: once)")
+    p.add_argument("--min-user-items", type=int, default=10, help="min distinct purchased items per user")
+    p.add_argument("--min-item-users", type=int, default=10, help="min distinct buyers per item")
+    p.add_argument("--skip-bad-rows", action="store_true", help="skip malformed rows (their count is reported)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    root = _Parser(prog="mbkit", description=__doc__)
+    sub = root.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    d = sub.add_parser("data", help="print the Table-1 statistics of a log (raw and filtered)")
+    _add_data_args(d)
+
+    t = sub.add_parser("train", help="train one model with one balancer and write its results")
+    _add_data_args(t)
+    t.add_argument("--balancer", default="vanilla", help="vanilla, metabalance, pcgrad_adjusted, pcgrad, "
+                   "metabalance+pcgrad_adjusted, metabalance+pcgrad")
+    t.add_argument("--relax-factor", type=float, default=None, help="MetaBalance relax factor r in [0, 1]")
+    t.add_argument("--beta", type=float, default=None, help="MetaBalance moving-average factor")
+    t.add_argument("--strategy", default=None, choices=["both", "reduce", "enlarge"], help="MetaBalance strategy")
+    t.add_argument("--epochs", type=int, default=20)
+    t.add_argument("--batch-size", type=int, default=256)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--num-neg", type=int, default=4)
+    t.add_argument("--mode", default="compact", choices=["compact", "dense"],
+                   help="compact: only touched embedding rows are updated (SparseAdam semantics); dense: the original's dense Adam")
+    t.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs")
+    t.add_argument("--diagnostics-every", type=int, default=0, help="sample gradient diagnostics every N steps")
+    t.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default=None, help="output folder (default: runs/<balancer>-seed<seed>)")
+    t.add_argument("--resume", default=None, help="checkpoint to resume from (OUT/last.pt)")
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    r = sub.add_parser("reproduce", help="run the numbered notebooks with papermill")
+    r.add_argument("--params", default="notebooks/params/default.yaml", help="parameter file (YAML)")
+    r.add_argument("--out", default="build/executed", help="folder for the executed notebooks")
+    r.add_argument("--only", default=None, help="run only notebooks whose name contains this")
+    r.add_argument("--update-notebooks", action="store_true",
+                   help="afterwards, copy the executed notebooks over notebooks/ (maintainers, before a commit)")
+    return root
+
+
+def _task_data(args: argparse.Namespace, seed: int, device: str):
+    from mbkit.data import build_task_data, load_filtered
+    stats, log = load_filtered(args.data, target=args.target, mode=args.filter_mode,
+                               min_user_items=args.min_user_items, min_item_users=args.min_item_users,
+                               skip_bad_rows=args.skip_bad_rows)
+    return stats, build_task_data(log, target=args.target, seed=seed, device=device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "data":
+            from mbkit.data import load_filtered
+            stats, _ = load_filtered(args.data, target=args.target, mode=args.filter_mode,
+                                     min_user_items=args.min_user_items, min_item_users=args.min_item_users,
+                                     skip_bad_rows=args.skip_bad_rows)
+            print(stats.to_string())
+        elif args.command == "train":
+            from mbkit.train import TrainConfig, fit
+            kw = {k: v for k, v in (("relax_factor", args.relax_factor), ("beta", args.beta),
+                                    ("strategy", args.strategy)) if v is not None}
+            config = TrainConfig(balancer=args.balancer, balancer_kwargs=kw, epochs=args.epochs,
+                                 batch_size=args.batch_size, lr=args.lr, num_neg=args.num_neg, seed=args.seed,
+                                 mode=args.mode, device=args.device, patience=args.patience,
+                                 diagnostics_every=args.diagnostics_every, amp=args.amp,
+                                 progress=not args.no_progress)
+            out = Path(args.out or f"runs/{args.balancer}-seed{args.seed}")
+            _, data = _task_data(args, args.seed, args.device)
+            result = fit(data, config, checkpoint_dir=out, resume=args.resume)
+            result.save(out)
+            print(json.dumps({"label": result.label, "best_epoch": result.best_epoch,
+                              "test": {k: round(v, 4) for k, v in result.test.items()}, "out": str(out)}))
+        elif args.command == "reproduce":
+            from mbkit.reproduce import run_notebooks
+            run_notebooks(args.params, args.out, only=args.only)
+            if args.update_notebooks:
+                from mbkit.reproduce import store_executed
+                for path in store_executed(args.out):
+                    print(f"updated {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        msg = e.args[0] if e.args else repr(e)
+        print(f"mbkit: error: {msg}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # NonFiniteLossError and friends: the message is the diagnosis
+        print(f"mbkit: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mbkit: interrupted; completed epochs are in the output folder's last.pt (use --resume)",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Deterministic figures for the notebooks: same inputs, byte-identical PNG and SVG files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+matplotlib.rcParams["svg.hashsalt"] = "mbkit"  # stable SVG ids
+PALETTE = plt.get_cmap("tab10").colors
+
+
+def save(fig: plt.Figure, name: str, directory: str | Path = "../figures") -> list[Path]:
+    """Save `fig` as `directory/name.png` and `.svg` without timestamps; returns the paths."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    png, svg = d / f"{name}.png", d / f"{name}.svg"
+    fig.savefig(png, dpi=120, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(svg, bbox_inches="tight", metadata={"Date": None})
+    return [png, svg]
+
+
+def distributions(log: pd.DataFrame, raw_counts: pd.Series | None = None, target: str = "buy") -> plt.Figure:
+    """Interactions per user and per item (complementary CDF, log-log) and the behavior funnel.
+
+    `raw_counts` (behavior -> count in the raw log) adds the raw funnel beside the filtered one.
+    """
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, col, what in ((axes[0], "user_id", "user"), (axes[1], "item_id", "item")):
+        for i, (beh, g) in enumerate(log.groupby("behavior", observed=True)):
+            counts = np.sort(g.groupby(col).size().to_numpy())[::-1]
+            ccdf = np.arange(1, len(counts) + 1) / len(counts)
+            ax.loglog(counts, ccdf, label=str(beh), color=PALETTE[i])
+        ax.set_xlabel(f"interactions per {what}")
+        ax.set_ylabel(f"fraction of {what}s with ≥ x")
+        ax.legend(frameon=False, fontsize=8)
+    filtered = log["behavior"].value_counts()
+    order = [b for b in ("pv", "cart", "fav", "buy") if b in filtered.index]
+    x = np.arange(len(order))
+    if raw_counts is not None:
+        axes[2].bar(x - 0.2, [raw_counts.get(b, 0) for b in order], 0.4, label="raw", color=PALETTE[7])
+        axes[2].bar(x + 0.2, [filtered.get(b, 0) for b in order], 0.4, label="filtered", color=PALETTE[0])
+        axes[2].legend(frameon=False, fontsize=8)
+    else:
+        axes[2].bar(x, [filtered.get(b, 0) for b in order], color=PALETTE[0])
+    axes[2].set_xticks(x, order)
+    axes[2].set_yscale("log")
+    axes[2].set_ylabel("interactions")
+    axes[2].set_title("behavior funnel")
+    fig.tight_layout()
+    return fig
+
+
+def imbalance(diags: dict[str, pd.DataFrame], value: str = "ratio_to_target",
+              tensors: Iterable[str] | None = None, logy: bool = True) -> plt.Figure:
+    """One panel per shared tensor and method: `value` of each auxiliary task over training steps.
+
+    `diags` maps a method label to the tidy diagnostics frame of `fit(..., diagnostics_every=N)`.
+    """
+    first = next(iter(diags.values()))
+    tensors = list(tensors or dict.fromkeys(first["tensor"]))
+    target = first["task"].iloc[0]
+    tasks = [t for t in dict.fromkeys(first["task"]) if t != target]
+    fig, axes = plt.subplots(len(diags), len(tensors), figsize=(2.6 * len(tensors), 2.4 * len(diags)),
+                             sharex=True, sharey=True, squeeze=False)
+    for r, (label, d) in enumerate(diags.items()):
+        for c, name in enumerate(tensors):
+            ax = axes[r, c]
+            sub = d[d["tensor"] == name]
+            for i, task in enumerate(tasks):
+                s = sub[sub["task"] == task]
+                ax.plot(s["step"], s[value], color=PALETTE[i + 1], label=task, lw=1)
+            if value == "ratio_to_target":
+                ax.axhline(1.0, color="black", lw=0.6, ls="--")
+            if logy and value != "cosine_to_target":
+                ax.set_yscale("log")
+            if r == 0:
+                ax.set_title(name, fontsize=8)
+            if c == 0:
+                ax.set_ylabel(f"{label}\n{value.replace('_', ' ')}", fontsize=8)
+            if r == len(diags) - 1:
+                ax.set_xlabel("step", fontsize=8)
+    axes[0, -1].legend(frameon=False, fontsize=7, title=f"vs {target}", title_fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def relax_sweep(summary: pd.DataFrame, metric: str = "ndcg@10", chosen: float | None = None) -> plt.Figure:
+    """Mean ± std of `metric` against the relax factor, one line per strategy.
+
+    `summary` is indexed by (strategy, relax_factor) as returned by `experiments.summarize`.
+    """
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for i, (strategy, g) in enumerate(summary.groupby(level=0, sort=False)):
+        r = g.index.get_level_values(1).to_numpy(dtype=float)
+        ax.errorbar(r, g[f"{metric}_mean"], yerr=g[f"{metric}_std"], marker="o", capsize=3,
+                    color=PALETTE[i], label=str(strategy))
+    if chosen is not None:
+        ax.axvline(chosen, color="black", lw=0.6, ls="--")
+    ax.set_xlabel("relax factor r")
+    ax.set_ylabel(f"validation {metric.upper()}")
+    ax.legend(frameon=False, title="strategy", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def comparison(summary: pd.DataFrame, metrics: Iterable[str] = ("ndcg@10", "recall@10", "ndcg@20", "recall@20"),
+               seconds: pd.Series | None = None) -> plt.Figure:
+    """Grouped bars (mean ± std over seeds) per method, and training seconds per run when given."""
+    metrics = list(metrics)
+    n = len(summary)
+    ncols = 2 if seconds is not None else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(6.5 * ncols, 3.8), squeeze=False)
+    ax = axes[0, 0]
+    width = 0.8 / n
+    x = np.arange(len(metrics))
+    for i, (label, row) in enumerate(summary.iterrows()):
+        ax.bar(x + (i - (n - 1) / 2) * width, [row[f"{m}_mean"] for m in metrics], width,
+               yerr=[row[f"{m}_std"] for m in metrics], capsize=2, color=PALETTE[i], label=label)
+    ax.set_xticks(x, [m.upper() for m in metrics])
+    ax.set_ylabel("test metric")
+    ax.legend(frameon=False, fontsize=7)
+    if seconds is not None:
+        ax2 = axes[0, 1]
+        ax2.barh(np.arange(len(seconds)), seconds.to_numpy(), color=[PALETTE[i] for i in range(len(seconds))])
+        ax2.set_yticks(np.arange(len(seconds)), list(seconds.index), fontsize=8)
+        ax2.invert_yaxis()
+        ax2.set_xlabel("training seconds per run (mean)")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,110 @@
+"""The training loop: determinism, resume, non-finite losses, diagnostics, the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from mbkit import data as mbd
+from mbkit.__main__ import main
+from mbkit.train import NonFiniteLossError, TrainConfig, fit
+
+
+@pytest.fixture(scope="module")
+def task_data() -> mbd.TaskData:
+    log = mbd.synthesize(**SMALL)
+    filtered = mbd.filter_log(log, min_user_items=5, min_item_users=5)
+    return mbd.build_task_data(filtered, seed=0, device="cpu")
+
+
+SMALL = dict(n_users=3000, n_items=1000, seed=3)
+CFG = TrainConfig(epochs=2, batch_size=512, emb_dim=8, mlp_layers=(8, 4), tower_layers=(8,), device="cpu",
+                  progress=False)
+
+
+def test_same_seed_same_metrics_and_different_seed_differs(task_data):
+    a = fit(task_data, CFG)
+    b = fit(task_data, CFG)
+    c = fit(task_data, dataclasses.replace(CFG, seed=1))
+    assert a.test == b.test
+    pd.testing.assert_frame_equal(a.history.drop(columns=["train_seconds", "eval_seconds"]),
+                                  b.history.drop(columns=["train_seconds", "eval_seconds"]))
+    assert a.test != c.test
+    assert set(a.test) == {f"{m}@{k}" for m in ("ndcg", "recall", "precision") for k in (10, 20)}
+    assert list(a.history["epoch"]) == [1, 2]
+    assert 1 <= a.best_epoch <= 2
+
+
+@pytest.mark.parametrize("balancer,kwargs", [("metabalance", {"relax_factor": 0.7}),
+                                             ("metabalance+pcgrad", {"relax_factor": 0.5})])
+def test_resumed_run_equals_uninterrupted(tmp_path, task_data, balancer, kwargs):
+    cfg = dataclasses.replace(CFG, epochs=3, balancer=balancer, balancer_kwargs=kwargs)
+    full = fit(task_data, cfg)
+    fit(task_data, dataclasses.replace(cfg, epochs=2), checkpoint_dir=tmp_path)  # "interrupted" after epoch 2
+    resumed = fit(task_data, cfg, resume=tmp_path / "last.pt")
+    assert resumed.test == full.test
+    assert resumed.best_epoch == full.best_epoch
+    cols = [c for c in full.history.columns if not c.endswith("seconds")]
+    pd.testing.assert_frame_equal(resumed.history[cols], full.history[cols])
+
+
+def test_nonfinite_loss_names_step_and_task_and_saves_checkpoint(tmp_path, task_data):
+    bad = dataclasses.replace(task_data, labels=task_data.labels.clone())
+    bad.labels[:, 2] = float("nan")  # the third task's labels are corrupt
+    with pytest.raises(NonFiniteLossError, match=rf"task '{task_data.tasks[2]}'.*step 0 \(epoch 1"):
+        fit(bad, dataclasses.replace(CFG, balancer="metabalance"), checkpoint_dir=tmp_path)
+    state = torch.load(tmp_path / "nonfinite.pt", weights_only=False)
+    assert state["epoch"] == 0 and "model" in state and "balancer" in state
+    assert all(torch.isfinite(p).all() for p in state["model"].values())  # the bad step was not applied
+
+
+def test_diagnostics_tidy_frame(task_data):
+    res = fit(task_data, dataclasses.replace(CFG, epochs=1, balancer="metabalance", diagnostics_every=5))
+    d = res.diagnostics
+    assert set(d.columns) >= {"step", "tensor", "task", "norm", "ratio_to_target", "cosine_to_target", "weight"}
+    target = d[d["task"] == task_data.tasks[0]]
+    assert (target["ratio_to_target"].round(6) == 1.0).all()
+    assert (target["cosine_to_target"].round(5) == 1.0).all()
+    assert d["step"].min() == 0 and (d["step"] % 5 == 0).all()
+    assert d["weight"].notna().all()  # MetaBalance has per-task weights
+
+
+def test_vanilla_fast_path_equals_engine_path(task_data):
+    """Vanilla trains through one summed backward; diagnostics force the per-task engine every step."""
+    fast = fit(task_data, dataclasses.replace(CFG, epochs=1))
+    engine = fit(task_data, dataclasses.replace(CFG, epochs=1, diagnostics_every=1))
+    for k in fast.test:
+        assert fast.test[k] == pytest.approx(engine.test[k], abs=1e-6)
+
+
+def test_cli_train_writes_outputs(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    code = main(["train", "--data", "synthetic", "--balancer", "metabalance", "--relax-factor", "0.7",
+                 "--epochs", "1", "--device", "cpu", "--out", str(out), "--no-progress", "--batch-size", "2048"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["label"].startswith("MetaBalance")
+    assert (out / "history.csv").exists() and (out / "last.pt").exists()
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["config"]["balancer_kwargs"] == {"relax_factor": 0.7}
+    assert {"torch", "git_commit", "device"} <= set(record["provenance"])
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--balancer", "nosuch", "--epochs", "1", "--device", "cpu"], "nosuch"),
+    (["train", "--epochs", "many"], "invalid int value"),
+    (["data", "--data", "/nonexistent/UserBehavior.csv"], "UserBehavior.csv"),
+])
+def test_cli_bad_arguments_give_one_line(tmp_path, capsys, monkeypatch, argv, needle):
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse exits for malformed options
+        code = e.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err
