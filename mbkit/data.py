@@ -212,6 +212,19 @@ def _to_pandas(df: pl.DataFrame) -> pd.DataFrame:
     })
 
 
+def _bad_rows(csv: str, name: str, skip_bad_rows: bool) -> int:
+    """After a typed read failed or found nulls: raise on bad rows (or an empty file) unless they are to be
+    skipped, and return how many bad rows there are (0: only blank lines, which carry no data)."""
+    diag = _diagnose(csv)
+    if diag.n_bad == 0 and diag.n_good == 0:
+        _raise_empty(name)
+    if diag.n_bad and (not skip_bad_rows or diag.n_good == 0):
+        raise ValueError(diag.message(name))
+    if diag.n_bad:
+        _report_skipped(name, diag.n_bad)
+    return diag.n_bad
+
+
 def _read_polars(csv: str, name: str, skip_bad_rows: bool) -> tuple[pl.DataFrame, int]:
     """Typed read with validation: fast path first, diagnostic pass only when it fails."""
     if os.path.getsize(csv) == 0:
@@ -226,15 +239,9 @@ def _read_polars(csv: str, name: str, skip_bad_rows: bool) -> tuple[pl.DataFrame
             if df.height and not any(df.null_count().row(0)):
                 return _compact_ids(df), 0
             error = None  # nulls: short rows, empty fields or blank lines; the diagnosis tells which
-        diag = _diagnose(csv)
-        if diag.n_bad == 0 and diag.n_good == 0:
-            _raise_empty(name)
-        if diag.n_bad:
-            if not skip_bad_rows or diag.n_good == 0:
-                raise ValueError(diag.message(name))
-            _report_skipped(name, diag.n_bad)
+        if n_bad := _bad_rows(csv, name, skip_bad_rows):
             good = _good_rows(_classify(_scan_lines(csv)), pl.Int64).collect(engine="streaming")
-            return _compact_ids(good), diag.n_bad
+            return _compact_ids(good), n_bad
         if error is None:  # only blank lines, which carry no data
             return _compact_ids(df.filter(~pl.all_horizontal(pl.all().is_null()))), 0
     raise ValueError(f"{name}: could not be parsed as {_FORMAT}: {str(error).splitlines()[0]}")
@@ -431,15 +438,9 @@ def _stage_validated(csv: str, name: str, tmp: str, skip_bad_rows: bool) -> tupl
             if counts["rows"] and not any(counts[f"null_{c}"] for c in COLUMNS):
                 return ipc, counts, 0
             error = None  # short rows, empty fields or blank lines: the diagnosis tells which
-        diag = _diagnose(csv)
-        if diag.n_bad == 0 and diag.n_good == 0:
-            _raise_empty(name)
-        if diag.n_bad:
-            if not skip_bad_rows or diag.n_good == 0:
-                raise ValueError(diag.message(name))
-            _report_skipped(name, diag.n_bad)
+        if n_bad := _bad_rows(csv, name, skip_bad_rows):
             ipc = _stage(_good_rows(_classify(_scan_lines(csv)), pl.Int64), os.path.join(tmp, "good"))
-            return ipc, _counts(ipc), diag.n_bad
+            return ipc, _counts(ipc), n_bad
         if error is None:  # only blank lines, which carry no data
             ipc = _stage(ipc.filter(~pl.all_horizontal(pl.all().is_null())), os.path.join(tmp, "noblank"))
             return ipc, _counts(ipc), 0
