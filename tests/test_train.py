@@ -108,3 +108,14 @@ def test_cli_bad_arguments_give_one_line(tmp_path, capsys, monkeypatch, argv, ne
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err
+
+
+def test_patience_stops_at_the_first_non_improving_epoch(task_data):
+    cfg = dataclasses.replace(CFG, epochs=5, lr=0.02)
+    full = fit(task_data, cfg)
+    scores = list(full.history["valid_ndcg@10"])
+    expected = next((e + 1 for e in range(1, len(scores)) if scores[e] <= max(scores[:e])), len(scores))
+    early = fit(task_data, dataclasses.replace(cfg, patience=1))
+    assert len(early.history) == expected
+    assert list(early.history["valid_ndcg@10"]) == scores[:expected]
+    assert early.best_epoch == full.history["valid_ndcg@10"][:expected].idxmax() + 1
