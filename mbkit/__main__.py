@@ -22,6 +22,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-user-items", type=int, default=10, help="min distinct purchased items per user")
     p.add_argument("--min-item-users", type=int, default=10, help="min distinct buyers per item")
     p.add_argument("--skip-bad-rows", action="store_true", help="skip malformed rows (their count is reported)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the 70/15/15 purchase split (default: 0)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                                  diagnostics_every=args.diagnostics_every, amp=args.amp,
                                  progress=not args.no_progress)
             out = Path(args.out or f"runs/{args.balancer}-seed{args.seed}")
-            _, data = _task_data(args, args.seed, args.device)
+            _, data = _task_data(args, args.split_seed, args.device)
             result = fit(data, config, checkpoint_dir=out, resume=args.resume)
             result.save(out)
             print(json.dumps({"label": result.label, "best_epoch": result.best_epoch,

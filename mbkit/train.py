@@ -24,10 +24,13 @@ import torch
 from mbkit import balancers as _balancers
 from mbkit.data import TaskData
 from mbkit.grads import GradEngine, grad_stats, make_optimizers
-from mbkit.metrics import evaluate
+from mbkit.metrics import evaluate, metric_keys
 from mbkit.model import ModelConfig, SharedBottomNeuMF
 from mbkit.record import write_json
 from mbkit.utils import make_generator, resolve_device, seed_everything
+
+
+METRIC_KEYS: tuple[str, ...] = tuple(metric_keys((10, 20)))
 
 
 class NonFiniteLossError(RuntimeError):
@@ -50,7 +53,9 @@ class TrainConfig:
     patience: int | None = None               # stop after this many epochs without improvement (None: off)
     diagnostics_every: int = 0                # sample gradient diagnostics every N steps (0: off)
     amp: bool = False                         # bf16 autocast for the forward pass (CUDA only)
-    nan_check_every: int = 0                  # steps between finiteness checks (0: every step on CPU, 50 on CUDA)
+    nan_check_every: int = 0                  # steps between finiteness checks; 0: every step on CPU (a bad step is
+                                              # never applied), 50 on CUDA (avoids a sync per step; up to 49 bad
+                                              # steps may be applied before the run stops)
     eval_batch_users: int | None = None       # users per ranking batch (None: chosen from the item count)
     progress: bool = True                     # tqdm progress bar over epochs
     emb_dim: int = 64                         # model sizes (NeuMF defaults of the study)
@@ -59,6 +64,10 @@ class TrainConfig:
     dropout: float = 0.5
 
     def __post_init__(self) -> None:
+        if self.select_metric not in METRIC_KEYS:
+            raise ValueError(f"select_metric={self.select_metric!r}; use one of {METRIC_KEYS}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience={self.patience} must be >= 1 (or None to train every epoch)")
         if self.mode not in ("compact", "dense"):
             raise ValueError(f"mode must be 'compact' or 'dense', got {self.mode!r}")
         if self.epochs < 1 or self.batch_size < 1:
@@ -170,7 +179,10 @@ def fit(data: TaskData, config: TrainConfig | None = None, *, checkpoint_dir: st
         data = data.to(device)
     seed_everything(config.seed)
     model = build_model(data, config, device)
-    balancer = _balancers.make(config.balancer, **config.balancer_kwargs)
+    balancer_kwargs = dict(config.balancer_kwargs)
+    if "seed" in _balancers.accepted_kwargs(config.balancer):  # PCGrad's task order follows the run's seed
+        balancer_kwargs.setdefault("seed", config.seed)
+    balancer = _balancers.make(config.balancer, **balancer_kwargs)
     engine = GradEngine(model, mode=config.mode)
     optimizers = make_optimizers(model, config.mode, lr=config.lr, weight_decay=config.weight_decay)
     gen = make_generator(config.seed, device)
@@ -185,6 +197,9 @@ def fit(data: TaskData, config: TrainConfig | None = None, *, checkpoint_dir: st
     start_epoch = 1
     if resume is not None:
         state = torch.load(resume, map_location=device, weights_only=False)
+        if not state.get("resumable", True):
+            raise ValueError(f"{resume} was saved when a loss turned non-finite, in the middle of an epoch; "
+                             f"resume from the last end-of-epoch checkpoint (last.pt) instead")
         model.load_state_dict(state["model"])
         for opt, s in zip(optimizers, state["optimizers"]):
             opt.load_state_dict(s)
@@ -196,6 +211,8 @@ def fit(data: TaskData, config: TrainConfig | None = None, *, checkpoint_dir: st
         history, best, diag = state["history"], state["best"], state["diagnostics"]
         start_epoch = state["epoch"] + 1
 
+    if config.patience is not None and best["stale"] >= config.patience:
+        start_epoch = config.epochs + 1  # the checkpointed run had already stopped early
     epochs = range(start_epoch, config.epochs + 1)
     if config.progress:
         from tqdm.auto import tqdm
@@ -222,8 +239,8 @@ def fit(data: TaskData, config: TrainConfig | None = None, *, checkpoint_dir: st
                     _check_finite(pending, step - len(pending) + 1, epoch, data.tasks)
                 except NonFiniteLossError:
                     if checkpoint_dir is not None:
-                        save_checkpoint(Path(checkpoint_dir) / "nonfinite.pt",
-                                        _state(model, optimizers, balancer, gen, epoch - 1, history, best, diag))
+                        state = _state(model, optimizers, balancer, gen, epoch - 1, history, best, diag)
+                        save_checkpoint(Path(checkpoint_dir) / "nonfinite.pt", {**state, "resumable": False})
                     raise
                 pending.clear()
             if not (fast_vanilla and not want_diag):
@@ -264,7 +281,8 @@ def fit(data: TaskData, config: TrainConfig | None = None, *, checkpoint_dir: st
         if config.patience is not None and best["stale"] >= config.patience:
             break
 
-    model.load_state_dict(best["weights"])
+    if best["weights"] is not None:
+        model.load_state_dict(best["weights"])
     test = evaluate(model, data, "test", batch_users=config.eval_batch_users)
     return FitResult(history=pd.DataFrame(history), best_epoch=best["epoch"], valid=best["valid"], test=test,
                      diagnostics=_diagnostics_frame(diag, names, data.tasks) if config.diagnostics_every else None,

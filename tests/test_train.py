@@ -119,3 +119,39 @@ def test_patience_stops_at_the_first_non_improving_epoch(task_data):
     assert len(early.history) == expected
     assert list(early.history["valid_ndcg@10"]) == scores[:expected]
     assert early.best_epoch == full.history["valid_ndcg@10"][:expected].idxmax() + 1
+
+
+def test_pcgrad_order_follows_the_run_seed(task_data, monkeypatch):
+    import mbkit.train as train_module
+
+    seen = []
+    real_make = train_module._balancers.make
+    monkeypatch.setattr(train_module._balancers, "make", lambda name, **kw: seen.append(kw) or real_make(name, **kw))
+    fit(task_data, dataclasses.replace(CFG, epochs=1, balancer="metabalance+pcgrad", seed=7,
+                                       balancer_kwargs={"relax_factor": 0.5}))
+    fit(task_data, dataclasses.replace(CFG, epochs=1, balancer="metabalance", seed=7))
+    assert seen == [{"relax_factor": 0.5, "seed": 7}, {}]
+
+
+def test_nonfinite_checkpoint_is_not_resumable(tmp_path, task_data):
+    bad = dataclasses.replace(task_data, labels=task_data.labels.clone())
+    bad.labels[:, 1] = float("nan")
+    with pytest.raises(NonFiniteLossError):
+        fit(bad, CFG, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="last.pt"):
+        fit(task_data, CFG, resume=tmp_path / "nonfinite.pt")
+
+
+def test_config_rejects_unknown_metric_and_zero_patience():
+    with pytest.raises(ValueError, match="select_metric"):
+        TrainConfig(select_metric="auc")
+    with pytest.raises(ValueError, match="patience"):
+        TrainConfig(patience=0)
+
+
+def test_resuming_an_early_stopped_run_trains_no_further(tmp_path, task_data):
+    cfg = dataclasses.replace(CFG, epochs=5, lr=0.02, patience=1)
+    stopped = fit(task_data, cfg, checkpoint_dir=tmp_path)
+    resumed = fit(task_data, cfg, resume=tmp_path / "last.pt")
+    assert len(stopped.history) < 5 and len(resumed.history) == len(stopped.history)
+    assert resumed.test == stopped.test
