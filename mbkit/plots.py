@@ -24,7 +24,7 @@ def save(fig: plt.Figure, name: str, directory: str | Path = "../figures") -> li
     return [png, svg]
 
 
-def distributions(log: pd.DataFrame, raw_counts: pd.Series | None = None, target: str = "buy") -> plt.Figure:
+def distributions(log: pd.DataFrame, raw_counts: pd.Series | None = None) -> plt.Figure:
     """Interactions per user and per item (complementary CDF, log-log) and the behavior funnel.
 
     `raw_counts` (behavior -> count in the raw log) adds the raw funnel beside the filtered one.

@@ -123,7 +123,7 @@ def _check_finite(pending: list[torch.Tensor], first_step: int, epoch: int, task
             f"or turn amp off")
 
 
-def _diagnostic_rows(step: int, epoch: int, tg: Any, names: list[str], tasks: tuple[str, ...],
+def _diagnostic_rows(step: int, epoch: int, tg: Any,
                      weights: list[torch.Tensor | None] | None) -> dict[str, torch.Tensor]:
     norms, cos = grad_stats(tg)  # (J, K) each
     ratio = norms / norms[:, :1].clamp_min(torch.finfo(norms.dtype).tiny)
@@ -219,36 +219,39 @@ def fit(data: TaskData, config: TrainConfig | None = None, *, checkpoint_dir: st
         epochs = tqdm(epochs, desc=str(balancer), initial=start_epoch - 1, total=config.epochs)
     step = sum(h["steps"] for h in history)
     train_seconds = sum(h["train_seconds"] for h in history)
+    def check_finite(first_step: int, epoch: int) -> None:
+        try:
+            _check_finite(pending, first_step, epoch, data.tasks)
+        except NonFiniteLossError:
+            if checkpoint_dir is not None:
+                state = _state(model, optimizers, balancer, gen, epoch - 1, history, best, diag)
+                save_checkpoint(Path(checkpoint_dir) / "nonfinite.pt", {**state, "resumable": False})
+            raise
+        pending.clear()
+
+    pending: list[torch.Tensor] = []  # per-step losses not yet checked for NaN / inf
     for epoch in epochs:
         model.train()
         t0 = time.perf_counter()
         loss_sum = torch.zeros(len(data.tasks), device=device)
-        pending: list[torch.Tensor] = []
         n_steps = 0
         for users, items, labels in data.batches(config.batch_size, gen, num_neg=config.num_neg):
             want_diag = config.diagnostics_every > 0 and step % config.diagnostics_every == 0
+            per_task = want_diag or not fast_vanilla  # vanilla without diagnostics: one summed backward
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                if fast_vanilla and not want_diag:
-                    losses = engine.backward_sum(users, items, labels)
-                else:
+                if per_task:
                     tg = engine(users, items, labels)
                     losses = tg.losses
+                else:
+                    losses = engine.backward_sum(users, items, labels)
             pending.append(losses.detach())
             if len(pending) >= check_every:
-                try:
-                    _check_finite(pending, step - len(pending) + 1, epoch, data.tasks)
-                except NonFiniteLossError:
-                    if checkpoint_dir is not None:
-                        state = _state(model, optimizers, balancer, gen, epoch - 1, history, best, diag)
-                        save_checkpoint(Path(checkpoint_dir) / "nonfinite.pt", {**state, "resumable": False})
-                    raise
-                pending.clear()
-            if not (fast_vanilla and not want_diag):
+                check_finite(step - len(pending) + 1, epoch)
+            if per_task:
                 combined = balancer(tg.shared)
                 engine.write(tg, combined)
                 if want_diag:
-                    diag.append(_diagnostic_rows(step, epoch, tg, names, data.tasks,
-                                                 getattr(balancer, "last_weights", None)))
+                    diag.append(_diagnostic_rows(step, epoch, tg, getattr(balancer, "last_weights", None)))
             for opt in optimizers:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
@@ -256,7 +259,7 @@ def fit(data: TaskData, config: TrainConfig | None = None, *, checkpoint_dir: st
             step += 1
             n_steps += 1
         if pending:
-            _check_finite(pending, step - len(pending), epoch, data.tasks)
+            check_finite(step - len(pending), epoch)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t_train = time.perf_counter() - t0
