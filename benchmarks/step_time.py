@@ -5,8 +5,10 @@
 Compares, at paper scale (16,012 users x 24,608 items) and at the default scale (1,000 x 1,500), batch 256,
 K = 4 tasks:
   * vanilla fast path (`GradEngine.backward_sum`: one backward of the summed loss),
-  * vanilla / MetaBalance / PCGrad (adjusted and original) through `GradEngine` (one batched backward for
-    all per-task gradients),
+  * vanilla / MetaBalance / PCGrad (adjusted and original) and every baseline of `mbkit.balancers.BASELINES`
+    (single task, fixed weights, uncertainty weighting, DWA, GradNorm, MGDA, gradient cosine, GradVac and
+    its adjusted variant, CAGrad, GradCraft) through `GradEngine` (one batched backward for all per-task
+    gradients; loss-based methods also get the batch's per-task losses),
   each in compact mode (sparse rows + RowAdam, i.e. SparseAdam's update), dense mode (rows to the
   balancer, dense .grad + fused Adam) and dense mode with full (K, n_rows, D) tables handed to the
   balancer, and
@@ -15,7 +17,8 @@ K = 4 tasks:
     per-task gradients cloned per parameter and combined by MetaBalance, then default (for-loop) Adam
     steps as in the original. It uses the same model, so the comparison is about the gradient procedure.
 Prints the median (or `--stat min`) step time over `--steps` steps after warm-up (configurations take
-turns step by step), and the ratios. On a machine shared with other processes, two OpenMP threads that
+turns step by step), each method's ratio to vanilla through the engine (same mode), and MetaBalance's
+ratios. `--methods` and `--modes` pick subsets. On a machine shared with other processes, two OpenMP threads that
 spin-wait can be slowed several-fold: compare with `--threads 1` or OMP_WAIT_POLICY=passive.
 """
 
@@ -34,7 +37,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mbkit.grads import GradEngine, make_optimizers  # noqa: E402
+from mbkit.grads import GradEngine  # noqa: E402
+from mbkit.optim import make_optimizers  # noqa: E402
 from mbkit.model import ModelConfig, SharedBottomNeuMF  # noqa: E402
 from mbkit.utils import make_generator, resolve_device  # noqa: E402
 
@@ -44,13 +48,16 @@ SCALES = {"paper": (16_012, 24_608), "default": (1_000, 1_500)}
 def make_balancer(name: str, device: torch.device):
     """The project's balancer from `mbkit.balancers.make`, or a plain-sum stand-in if it is missing."""
     try:
-        from mbkit.balancers import make
+        from mbkit.balancers import accepted_kwargs, make
     except ImportError:
         if name != "vanilla":
             return None, "missing"
         return (lambda grads: [g.sum(0) for g in grads]), "local sum"
-    kw = {"generator": make_generator(0, device)} if name == "pcgrad" else {}
-    return make(name, **kw), "mbkit.balancers"
+    try:
+        kw = {"generator": make_generator(0, device)} if "generator" in accepted_kwargs(name) else {}
+        return make(name, **kw), "mbkit.balancers"
+    except ValueError:  # a name this version of mbkit does not have
+        return None, "missing"
 
 
 def official_style_step(model, opt_shared, opt_tower, shared, towers, norms, users, items, labels, r=0.7, beta=0.9):
@@ -111,7 +118,8 @@ def engine_runner(cfg, device, column: str, balancer):
             engine.backward_sum(u, i, y)
         else:
             tg = engine(u, i, y)
-            engine.write(tg, balancer(tg.shared))
+            kw = {"losses": tg.losses.detach()} if getattr(balancer, "uses_losses", False) else {}
+            engine.write(tg, balancer(tg.shared, **kw))
         for o in opts:
             o.step()
 
@@ -130,9 +138,14 @@ def official_runner(cfg, device):
 
 
 METHODS = ("vanilla", "metabalance", "pcgrad_adjusted", "pcgrad")
+try:
+    from mbkit.balancers import BASELINES
+except ImportError:
+    BASELINES = ()
+STATS = {"median": statistics.median, "min": min}
 
 
-def bench_scale(n_users, n_items, *, batch, n_tasks, steps, warmup, device, sources, stat):
+def bench_scale(n_users, n_items, *, batch, n_tasks, steps, warmup, device, sources, stat, methods, modes):
     g = torch.Generator(device=device).manual_seed(0)
     batches = [
         (
@@ -144,14 +157,16 @@ def bench_scale(n_users, n_items, *, batch, n_tasks, steps, warmup, device, sour
     ]
     cfg = ModelConfig(n_users, n_items, n_tasks)
     runners = {}
-    for mode in MODES:
-        if mode != "dense full":  # its fast path is the dense one
-            runners[("vanilla fast path", mode)] = engine_runner(cfg, device, mode, None)
-        for name in METHODS:
+    for mode in modes:
+        if mode != "dense full" or "dense" not in modes:  # the fast path of dense full is the dense one
+            runners[("vanilla fast path", "dense" if mode == "dense full" else mode)] = engine_runner(
+                cfg, device, "dense" if mode == "dense full" else mode, None)
+        for name in methods:
             bal, sources[name] = make_balancer(name, device)
             if bal is not None:
                 runners[(f"{name} engine", mode)] = engine_runner(cfg, device, mode, bal)
-    runners[("official-style metabalance", "dense")] = official_runner(cfg, device)
+    if "dense" in modes:
+        runners[("official-style metabalance", "dense")] = official_runner(cfg, device)
     return time_interleaved(runners, batches, steps, warmup, device, stat)
 
 
@@ -164,9 +179,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tasks", type=int, default=4)
     ap.add_argument("--scales", default="paper,default", help="comma-separated subset of: " + ",".join(SCALES))
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
-    ap.add_argument("--stat", choices=("median", "min"), default="median",
+    ap.add_argument("--stat", choices=tuple(STATS), default="median",
                     help="statistic over the timed steps (min is robust to other processes on the machine)")
+    ap.add_argument("--methods", default=",".join(METHODS + BASELINES),
+                    help="comma-separated balancer names (vanilla is always included)")
+    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of: " + ",".join(MODES))
     args = ap.parse_args(argv)
+    methods = ("vanilla",) + tuple(m for m in args.methods.split(",") if m and m != "vanilla")
+    modes = tuple(m for m in MODES if m in args.modes.split(","))
+    if not modes:
+        ap.error(f"--modes must name at least one of {', '.join(MODES)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -180,19 +202,26 @@ def main(argv: list[str] | None = None) -> None:
     for scale in args.scales.split(","):
         n_users, n_items = SCALES[scale]
         res = bench_scale(n_users, n_items, batch=args.batch, n_tasks=args.tasks, steps=args.steps,
-                          warmup=args.warmup, device=device, sources=sources, stat=getattr(statistics, args.stat))
+                          warmup=args.warmup, device=device, sources=sources, stat=STATS[args.stat],
+                          methods=methods, modes=modes)
         print(f"\n## {scale} scale: {n_users:,} users x {n_items:,} items")
-        print("| step (ms) | " + " | ".join(MODES) + " |")
-        print("|---|" + "---:|" * len(MODES))
-        for name in ("vanilla fast path", *(f"{m} engine" for m in METHODS), "official-style metabalance"):
-            cells = [f"{res[(name, m)]:.2f}" if (name, m) in res else "-" for m in MODES]
-            print(f"| {name} | " + " | ".join(cells) + " |")
-        off = res[("official-style metabalance", "dense")]
-        for mode in MODES:
+        print("| step (ms) | " + " | ".join(modes) + " | " + " | ".join(f"/ vanilla engine ({m})" for m in modes) + " |")
+        print("|---|" + "---:|" * (2 * len(modes)))
+        for name in ("vanilla fast path", *(f"{m} engine" for m in methods), "official-style metabalance"):
+            cells = [f"{res[(name, m)]:.2f}" if (name, m) in res else "-" for m in modes]
+            ratios = [f"{res[(name, m)] / res[('vanilla engine', m)]:.2f}x" if (name, m) in res else "-" for m in modes]
+            if any(c != "-" for c in cells):
+                print(f"| {name} | " + " | ".join(cells + ratios) + " |")
+        for mode in modes:
+            if ("metabalance engine", mode) not in res:
+                continue
             fast = res[("vanilla fast path", "dense" if mode == "dense full" else mode)]
             mb, ve = res[("metabalance engine", mode)], res[("vanilla engine", mode)]
-            print(f"{mode:>10}: MetaBalance / vanilla fast path = {mb / fast:5.2f}x, "
-                  f"MetaBalance / vanilla engine = {mb / ve:5.2f}x, official-style / MetaBalance = {off / mb:5.1f}x")
+            line = (f"{mode:>10}: MetaBalance / vanilla fast path = {mb / fast:5.2f}x, "
+                    f"MetaBalance / vanilla engine = {mb / ve:5.2f}x")
+            if ("official-style metabalance", "dense") in res:
+                line += f", official-style / MetaBalance = {res[('official-style metabalance', 'dense')] / mb:5.1f}x"
+            print(line)
     print("\nbalancers from: " + ", ".join(f"{k}={v}" for k, v in sources.items()))
 
 

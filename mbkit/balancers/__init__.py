@@ -14,10 +14,19 @@ tensor([1.0000, 0.6500])
 >>> str(make("metabalance+pcgrad"))
 'MetaBalance + PCGrad'
 
-Registry names: "vanilla", "metabalance", "pcgrad_adjusted", "pcgrad", and any "+"-joined chain
-of them (e.g. "metabalance+pcgrad"), whose keyword arguments go to the members that accept them;
+Registry names: "vanilla", "metabalance", "pcgrad_adjusted", "pcgrad", the baselines in
+`BASELINES` ("single_task", "fixed", "uncertainty", "dwa", "gradnorm", "mgda", "cosine",
+"gradvac", "gradvac_adjusted", "cagrad", "gradcraft"), and any "+"-joined chain of them (e.g.
+"metabalance+pcgrad"), whose keyword arguments go to the members that accept them;
 `make("chain", balancers=[...])` chains names or instances. `METHODS` lists the six methods of
-the study's comparison in order.
+the study's comparison in order. Loss-based methods (`uses_losses`) are called with the batch's
+per-task losses, and DWA has an `end_epoch()` (see `base`):
+
+>>> bal = make("uncertainty")
+>>> bal.uses_losses, str(bal)
+(True, 'Uncertainty weighting')
+>>> bal([torch.tensor([[1.0, 0.0], [0.0, 2.0]])], losses=torch.tensor([0.7, 0.3]))[0]  # s = 0: weights 1
+tensor([1., 2.])
 """
 
 from __future__ import annotations
@@ -26,9 +35,19 @@ import inspect
 from typing import Any, Sequence
 
 from .base import GRANULARITIES, REDUCTIONS, Balancer, GradientBalancer, check_grads
+from .cagrad import CAGrad
 from .chain import Chain, chain
+from .cosine import GradCosine
+from .dwa import DWA
+from .fixed import FixedWeights
+from .gradcraft import GradCraft
+from .gradnorm import GradNorm
+from .gradvac import GradVac, GradVacAdjusted
 from .metabalance import STRATEGIES, MetaBalance
+from .mgda import MGDA
 from .pcgrad import PCGrad, PCGradAdjusted
+from .single_task import SingleTask
+from .uncertainty import UncertaintyWeighting
 from .vanilla import Vanilla
 
 REGISTRY: dict[str, type[GradientBalancer]] = {
@@ -36,6 +55,17 @@ REGISTRY: dict[str, type[GradientBalancer]] = {
     "metabalance": MetaBalance,
     "pcgrad_adjusted": PCGradAdjusted,
     "pcgrad": PCGrad,
+    "single_task": SingleTask,
+    "fixed": FixedWeights,
+    "uncertainty": UncertaintyWeighting,
+    "dwa": DWA,
+    "gradnorm": GradNorm,
+    "mgda": MGDA,
+    "cosine": GradCosine,
+    "gradvac": GradVac,
+    "gradvac_adjusted": GradVacAdjusted,
+    "cagrad": CAGrad,
+    "gradcraft": GradCraft,
 }
 
 METHODS: tuple[str, ...] = (
@@ -45,6 +75,22 @@ METHODS: tuple[str, ...] = (
     "pcgrad",
     "metabalance+pcgrad_adjusted",
     "metabalance+pcgrad",
+)
+
+# The baselines, in the order of a comparison table: the single-task floor, loss
+# weighting, gradient combination; "_adjusted" = the target-anchored variant of the method before it.
+BASELINES: tuple[str, ...] = (
+    "single_task",
+    "fixed",
+    "uncertainty",
+    "dwa",
+    "gradnorm",
+    "mgda",
+    "cosine",
+    "gradvac",
+    "gradvac_adjusted",
+    "cagrad",
+    "gradcraft",
 )
 
 
@@ -96,8 +142,20 @@ def make(name: str, **kwargs: Any) -> GradientBalancer:
 
 
 __all__ = [
+    "BASELINES",
     "Balancer",
+    "CAGrad",
     "Chain",
+    "DWA",
+    "FixedWeights",
+    "GradCosine",
+    "GradCraft",
+    "GradNorm",
+    "GradVac",
+    "GradVacAdjusted",
+    "MGDA",
+    "SingleTask",
+    "UncertaintyWeighting",
     "GRANULARITIES",
     "GradientBalancer",
     "METHODS",

@@ -3,12 +3,31 @@
 A balancer sees, for every shared parameter tensor j, the stacked per-task gradients
 `grads[j]` of shape (K, *shape_j) with row 0 = the target task. The tensors may be the
 compact rows of an embedding table that a batch touched: every method here only uses norms,
-dot products and linear combinations over a whole tensor, which dropping all-zero rows leaves
-unchanged.
+dot products and linear combinations over a whole tensor (or over all shared tensors at once),
+which dropping all-zero rows leaves unchanged.
 
 Each method is a per-task `transform` (rescale / project each task's gradient, advancing the
 method's state) followed by a `reduce` over tasks (sum, or mean where asked). `chain(a, b)`
 feeds a's transformed per-task gradients to b's transform and uses b's reduction.
+
+Extension for methods that need the losses or epoch statistics (uncertainty weighting, DWA,
+GradNorm). There is no second class hierarchy: two optional, duck-typed members say it all.
+
+  * `uses_losses = True` (class attribute): the training loop calls
+    `balancer(grads, losses=losses)` -- and a chain passes `losses` on to `transform` -- where
+    `losses` is a detached 1-D tensor of the K per-task mean losses of the batch, target first,
+    on the gradients' device. Balancers without the attribute are called as `balancer(grads)`.
+  * `end_epoch()` (optional method): called by the loop after every training epoch, after the
+    last step and before the checkpoint of that epoch is written (DWA closes its epoch average).
+  * All state -- learnable task weights (uncertainty log-variances, GradNorm weights), the
+    moments and step count of the small Adam that updates them, loss histories -- lives in the
+    balancer as tensors and round-trips through `state_dict()` / `load_state_dict()`, so a
+    checkpoint taken after `end_epoch()` resumes bit for bit. Learnable weights are updated
+    inside the call with closed-form gradients (e.g. d/ds of exp(-s) L + s; GradNorm's
+    d/dw_k |w_k n_k - target_k|), never through autograd or the model's optimizer: a balancer
+    stays a pure function of (grads, losses, state), and the model's optimizers see only model
+    parameters. The weights used in a step are those before that step's update (as when the
+    weights are trained jointly with the model).
 """
 
 from __future__ import annotations
@@ -24,7 +43,7 @@ GRANULARITIES: tuple[str, ...] = ("tensor", "flat")
 
 @runtime_checkable
 class Balancer(Protocol):
-    """What the training loop relies on (see CONTRACT.md); `transform`/`reduce` make methods chainable."""
+    """What the training loop relies on; `transform`/`reduce` make methods chainable."""
 
     reduction: str
     last_weights: list[Tensor | None] | None
@@ -77,6 +96,49 @@ def weighted_sum(weights: Tensor, g: Tensor) -> Tensor:
 def reduction_weights(reduction: str, k: int, like: Tensor) -> Tensor:
     """(K,) weights of a plain reduction: ones for "sum", 1/K for "mean"."""
     return torch.full((k,), 1.0 if reduction == "sum" else 1.0 / k, dtype=like.dtype, device=like.device)
+
+
+def check_losses(losses: Tensor | None, k: int, who: str) -> Tensor:
+    """Validate the (K,) per-task losses a loss-based balancer receives (see the module docstring)."""
+    if losses is None:
+        raise ValueError(f"{who} weights tasks by their losses: call it as balancer(grads, losses=losses)")
+    if not isinstance(losses, Tensor) or losses.shape != (k,):
+        what = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
+        raise ValueError(f"losses must be a 1-D tensor of the K={k} per-task mean losses, target first; got {what}")
+    return losses.detach()
+
+
+def adam_update(param: Tensor, grad: Tensor, state: dict[str, Any], lr: float,
+                betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+    """One Adam step (Kingma & Ba 2015, Algorithm 1) on a balancer's own weights, in place.
+
+    `state` holds "step" (int), "exp_avg" and "exp_avg_sq" (tensors like `param`), created on first use.
+    """
+    if not state:
+        state.update(step=0, exp_avg=torch.zeros_like(param), exp_avg_sq=torch.zeros_like(param))
+    state["step"] += 1
+    b1, b2 = betas
+    state["exp_avg"].lerp_(grad, 1 - b1)
+    state["exp_avg_sq"].mul_(b2).addcmul_(grad, grad, value=1 - b2)
+    denom = (state["exp_avg_sq"] / (1 - b2 ** state["step"])).sqrt_().add_(eps)
+    param.addcdiv_(state["exp_avg"], denom, value=-lr / (1 - b1 ** state["step"]))
+
+
+def clone_state(state: Any) -> Any:
+    """A deep copy of nested dicts / lists of tensors and numbers (state_dict()/load_state_dict())."""
+    if isinstance(state, Tensor):
+        return state.detach().clone()
+    if isinstance(state, dict):
+        return {k: clone_state(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(clone_state(v) for v in state)
+    return state
+
+
+def check_state_keys(state: dict[str, Any], keys: set[str], who: str) -> None:
+    if not isinstance(state, dict) or set(state) != keys:
+        got = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{who} state needs keys {sorted(keys)}; got {got} (was it saved by another balancer?)")
 
 
 class GradientBalancer:

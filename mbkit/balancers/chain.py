@@ -13,7 +13,9 @@ class Chain(GradientBalancer):
     """`Chain(a, b)`: b's transform applied to a's transformed per-task gradients, then b's reduction.
 
     State is that of every member; `last_weights` is the product of the members' per-task weights
-    when all of them have scalar weights, else None (e.g. when PCGrad takes part).
+    when all of them have scalar weights, else None (e.g. when PCGrad takes part). A chain uses the
+    losses if a member does (`uses_losses`): it passes them to those members only; `end_epoch()`
+    reaches every member that has one.
     """
 
     name = "chain"
@@ -27,13 +29,15 @@ class Chain(GradientBalancer):
                 raise ValueError(f"chain members need transform() and reduce(); {b!r} has not")
         self.balancers: tuple[GradientBalancer, ...] = tuple(balancers)
         self.reduction = self.balancers[-1].reduction
+        self.uses_losses = any(getattr(b, "uses_losses", False) for b in self.balancers)
 
-    def _run(self, grads: Sequence[Tensor], combine: bool) -> list[Tensor]:
+    def _run(self, grads: Sequence[Tensor], combine: bool, losses: Tensor | None = None) -> list[Tensor]:
         grads, _ = check_grads(grads)
         weights: list[Tensor | None] | None = None
         for i, b in enumerate(self.balancers):
             last = i == len(self.balancers) - 1
-            grads = b(grads) if last and combine else b.transform(grads)
+            kw = {"losses": losses} if getattr(b, "uses_losses", False) else {}
+            grads = b(grads, **kw) if last and combine else b.transform(grads, **kw)
             w = b.last_weights
             if i == 0:
                 weights = None if w is None else list(w)
@@ -44,12 +48,17 @@ class Chain(GradientBalancer):
         self.last_weights = weights
         return grads
 
-    def transform(self, grads: Sequence[Tensor]) -> list[Tensor]:
-        return self._run(grads, combine=False)
+    def transform(self, grads: Sequence[Tensor], losses: Tensor | None = None) -> list[Tensor]:
+        return self._run(grads, combine=False, losses=losses)
 
-    def __call__(self, grads: Sequence[Tensor]) -> list[Tensor]:
+    def __call__(self, grads: Sequence[Tensor], losses: Tensor | None = None) -> list[Tensor]:
         """Transforms of all members but the last, then the last member's (fused) combination."""
-        return self._run(grads, combine=True)
+        return self._run(grads, combine=True, losses=losses)
+
+    def end_epoch(self) -> None:
+        for b in self.balancers:
+            if callable(getattr(b, "end_epoch", None)):
+                b.end_epoch()
 
     def reduce(self, grads: Sequence[Tensor]) -> list[Tensor]:
         return self.balancers[-1].reduce(grads)

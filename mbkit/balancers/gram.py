@@ -1,0 +1,107 @@
+"""Small exact solvers on the K x K Gram matrix of the task gradients, batched over groups (G, K, K).
+
+Every gradient-combination method here picks weights or coefficients from the Gram matrix alone
+(norms, cosines, dot products), then applies them to the gradients; so they work unchanged on the
+compact rows of an embedding table, and their K x K arithmetic runs in float64 without host syncs.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+def subsets(k: int, device: torch.device | str = "cpu") -> Tensor:
+    """(2^K - 1, K) bool masks of every nonempty subset of the K tasks."""
+    codes = torch.arange(1, 2**k, device=device)
+    return (codes.unsqueeze(1) >> torch.arange(k, device=device)) & 1 == 1
+
+
+def restrict(gram: Tensor, masks: Tensor) -> Tensor:
+    """(G, S, K, K): gram on support x support of each mask, the identity on the other rows/columns."""
+    both = masks.unsqueeze(-1) & masks.unsqueeze(-2)  # (S, K, K)
+    eye = torch.eye(gram.shape[-1], dtype=torch.bool, device=gram.device)
+    outside = eye & ~masks.unsqueeze(-1)
+    return torch.where(both, gram.unsqueeze(1), outside.to(gram.dtype))
+
+
+def quadratic(w: Tensor, gram: Tensor) -> Tensor:
+    """w^T G w for w (G, S, K) against gram (G, K, K) -> (G, S)."""
+    return torch.einsum("gsk,gkl,gsl->gs", w, gram, w)
+
+
+def pick(candidates: Tensor, objective: Tensor, feasible: Tensor) -> Tensor:
+    """Per group, the candidate (G, S, K) of least objective (G, S) among the feasible ones."""
+    objective = torch.where(feasible & torch.isfinite(objective), objective, torch.inf)
+    best = objective.argmin(dim=-1)  # (G,)
+    return candidates.gather(1, best.view(-1, 1, 1).expand(-1, 1, candidates.shape[-1])).squeeze(1)
+
+
+def on_simplex(w: Tensor, tol: float = 1e-9) -> tuple[Tensor, Tensor]:
+    """(clamped and renormalised w, mask of candidates that were nonnegative up to `tol` and finite)."""
+    ok = torch.isfinite(w).all(-1) & (w >= -tol).all(-1)
+    w = torch.where(torch.isfinite(w), w, 0.0).clamp_min(0.0)
+    total = w.sum(-1, keepdim=True)
+    ok = ok & (total.squeeze(-1) > 0)
+    return w / torch.where(total > 0, total, 1.0), ok
+
+
+def solve_pd(a: Tensor, b: Tensor) -> Tensor:
+    """x = a^-1 b for a batch of small symmetric positive-definite a (..., n, n), b (..., n, m).
+
+    Gauss-Jordan without pivoting (positive-definite pivots need none) in elementwise ops: LAPACK's
+    batched solvers spread thousands of 4 x 4 systems over OpenMP threads, which costs milliseconds.
+    A singular system gives non-finite entries, which the callers treat as infeasible.
+    """
+    a, b = a.clone(), b.clone()
+    for i in range(a.shape[-1]):
+        pivot = a[..., i : i + 1, i : i + 1]  # (..., 1, 1)
+        row_a, row_b = a[..., i : i + 1, :] / pivot, b[..., i : i + 1, :] / pivot
+        factor = a[..., :, i : i + 1].clone()
+        factor[..., i, :] = 0.0
+        a = a - factor * row_a
+        b = b - factor * row_b
+        a[..., i : i + 1, :] = row_a
+        b[..., i : i + 1, :] = row_b
+    return b
+
+
+def min_norm_weights(gram: Tensor) -> Tensor:
+    """(G, K) convex weights alpha minimising ||sum_k alpha_k g_k||^2 = alpha^T G alpha over the simplex.
+
+    Exact for small K. On the simplex alpha^T G alpha = alpha^T H alpha - t with H = G + t 1 1^T
+    (t > 0: every g_k lifted by a coordinate sqrt(t)), and H_SS is positive definite whenever the
+    gradients of S are affinely independent -- as on the support of the minimiser -- even if G_SS
+    is singular (e.g. opposite gradients, whose min-norm point is 0). On its support the minimiser
+    is alpha_S = H_SS^-1 1 / (1^T H_SS^-1 1); every support is solved at once and the feasible
+    (nonnegative) candidate of least norm wins. The vertices are always candidates.
+    """
+    gram = gram.to(torch.float64)
+    n_groups, k, _ = gram.shape
+    masks = subsets(k, gram.device)  # (S, K)
+    m = masks.to(gram.dtype)
+    t = torch.diagonal(gram, dim1=-2, dim2=-1).mean(-1)  # (G,) a shift on the scale of the gradients
+    lifted = gram + torch.where(t > 0, t, 1.0).view(-1, 1, 1)
+    p = solve_pd(restrict(lifted, masks), m.expand(n_groups, -1, -1).unsqueeze(-1)).squeeze(-1) * m  # (G, S, K)
+    w, ok = on_simplex(p / p.sum(-1, keepdim=True))
+    eye = torch.eye(k, dtype=gram.dtype, device=gram.device).expand(n_groups, k, k)
+    candidates = torch.cat([w, eye], dim=1)
+    feasible = torch.cat([ok, torch.ones(n_groups, k, dtype=torch.bool, device=gram.device)], dim=1)
+    return pick(candidates, quadratic(candidates, gram), feasible)
+
+
+def safe_div(num: Tensor, den: Tensor) -> Tensor:
+    """num / den where den != 0, else 0 (no division by zero, no host sync)."""
+    ok = den != 0
+    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))
+
+
+def diagonal_weights(coefficients: Tensor, groups: Sequence[Sequence[int]], grads: Sequence[Tensor]) -> list[Tensor]:
+    """Per tensor, the (K,) task weights of diagonal coefficient matrices (G, K, K), in the tensor's dtype."""
+    out: list[Tensor | None] = [None] * len(grads)
+    for gi, group in enumerate(groups):
+        for j in group:
+            out[j] = torch.diagonal(coefficients[gi]).to(grads[j].dtype)
+    return out  # type: ignore[return-value]
