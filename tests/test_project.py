@@ -1,42 +1,163 @@
-"""The project's set-up files agree with each other: pyproject, environment.yml, constraints, CI, params."""
+"""The project's set-up files agree with each other: pyproject, the lock, environment.yml, Makefile, CI, params."""
 
 from __future__ import annotations
 
 import re
+import sys
 import tomllib
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.markers import Marker
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+LOCK_PATH = "requirements/lock.txt"
+TORCH_PIN = "2.13.0"  # development and CI: the local CPU wheel of this release
 
 
-def test_environment_yml_only_wraps_pyproject():
+def _lock() -> list[tuple[str, Version, Marker | None, str]]:
+    """(name, version, marker, line) for every requirement line of the lock."""
+    entries = []
+    for line in (ROOT / LOCK_PATH).read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        req = Requirement(line)
+        pins = list(req.specifier)
+        assert len(pins) == 1 and pins[0].operator == "==" and "*" not in pins[0].version, f"not an exact pin: {line}"
+        entries.append((canonicalize_name(req.name), Version(pins[0].version), req.marker, line))
+    return entries
+
+
+def _makefile_rule(target: str) -> tuple[str, str]:
+    """(prerequisites, recipe) of `target` in the Makefile."""
+    text = (ROOT / "Makefile").read_text()
+    m = re.search(rf"^{re.escape(target)}:(.*)\n((?:\t.*\n?)+)", text, re.M)
+    assert m, f"the Makefile has no rule for {target}"
+    return m.group(1), m.group(2)
+
+
+def _makefile_vars() -> dict[str, str]:
+    return dict(re.findall(r"^([A-Z_]+)\s*:?=\s*(.*?)\s*$", (ROOT / "Makefile").read_text(), re.M))
+
+
+def _lock_extras() -> set[str]:
+    """The extras `make lock` resolves."""
+    _, recipe = _makefile_rule("lock")
+    return set(re.findall(r"--extra[= ](\S+)", recipe))
+
+
+def _declared() -> list[Requirement]:
+    """Every requirement pyproject.toml declares: dependencies, each extra, the build backend."""
+    project = PYPROJECT["project"]
+    reqs = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    return [Requirement(r) for r in reqs + PYPROJECT["build-system"]["requires"]]
+
+
+def _python_lower_bound() -> str:
+    m = re.fullmatch(r">=(\d+\.\d+)", PYPROJECT["project"]["requires-python"])
+    assert m, "requires-python should be a plain lower bound"
+    return m.group(1)
+
+
+def test_lock_pins_every_declared_dependency_inside_its_range():
+    lock = _lock()
+    pinned: dict[str, list[Version]] = {}
+    for name, version, _, _ in lock:
+        pinned.setdefault(name, []).append(version)
+    problems = []
+    for req in _declared():
+        name = canonicalize_name(req.name)
+        if name not in pinned:
+            problems.append(f"{req} is not in {LOCK_PATH} (run `make lock`)")
+        problems += [f"{LOCK_PATH} pins {name}=={v}, outside {req}" for v in pinned.get(name, [])
+                     if not req.specifier.contains(v, prereleases=True)]
+    assert not problems, "\n".join(problems)
+    assert pinned["torch"] == [Version(TORCH_PIN)], pinned["torch"]
+
+
+def test_lock_covers_every_extra_and_leaves_out_the_cuda_runtime():
+    assert _lock_extras() == set(PYPROJECT["project"]["optional-dependencies"]), _lock_extras()
+    # torch's CUDA runtime (GBs) stays out: development and CI install torch's CPU build.
+    cuda = [line for name, _, _, line in _lock() if re.match(r"nvidia-|cuda-|triton$", name)]
+    assert not cuda, f"{LOCK_PATH} pins torch's CUDA runtime; `make lock` excludes it: {cuda}"
+
+
+def test_lock_has_one_version_of_each_package_for_any_python_and_platform_here():
+    seen: dict[str, str] = {}
+    for name, _, marker, line in _lock():
+        if marker is None or marker.evaluate():
+            assert name not in seen, f"two pins apply here: {seen[name]!r} and {line!r}"
+            seen[name] = line
+
+
+def test_lock_is_made_by_make_lock_for_the_declared_python():
+    head = (ROOT / LOCK_PATH).read_text().splitlines()[:3]
+    assert any(line.strip() == "#    make lock" for line in head), f"{LOCK_PATH} does not say how it is made: {head}"
+    _, recipe = _makefile_rule("lock")
+    assert "uv pip compile pyproject.toml" in recipe.replace("$(UV)", "uv") and "--universal" in recipe
+    assert re.search(r"-o \$\(LOCK\)", recipe) and _makefile_vars()["LOCK"] == LOCK_PATH
+    assert re.search(rf"--python-version {re.escape(_python_lower_bound())}\b", recipe), recipe
+    pins = [l for l in (ROOT / "requirements/pins.in").read_text().splitlines() if l and not l.startswith("#")]
+    assert f"torch=={TORCH_PIN}" in pins, pins
+
+
+def test_pyproject_keeps_ranges_for_people_who_install_mbkit_themselves():
+    for req in _declared():
+        assert not any(s.operator in ("==", "===") for s in req.specifier), f"{req}: pin it in the lock, not here"
+    torch = next(r for r in _declared() if r.name == "torch")
+    assert str(torch.specifier).startswith(">=") and Version(TORCH_PIN) in torch.specifier
+    # tomllib (tests) needs 3.11; so does the whole lock.
+    assert tuple(map(int, _python_lower_bound().split("."))) >= (3, 11)
+
+
+def test_makefile_setup_installs_the_lock_then_mbkit_without_dependencies():
+    prereqs, recipe = _makefile_rule("$(VENV)/.installed")
+    assert {"pyproject.toml", "$(LOCK)"} <= set(prereqs.split()), "setup must re-run when pyproject.toml or the lock changes"
+    steps = [l.strip() for l in recipe.splitlines() if "pip install" in l]
+    assert len(steps) == 2, steps
+    assert re.search(r"pip install( --\S+)* -r \$\(LOCK\)$", steps[0]), steps[0]
+    assert "--no-deps" in steps[1].split() and steps[1].endswith(" -e ."), steps[1]
+    assert "constraints" not in (ROOT / "Makefile").read_text()
+
+
+def test_environment_yml_installs_the_same_lock_and_extras():
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     assert env["channels"] == ["conda-forge"], "the deprecated pytorch channel (or defaults) must not be used"
     conda = [d for d in env["dependencies"] if isinstance(d, str)]
     pip = [d for d in env["dependencies"] if isinstance(d, dict)]
     assert sorted(re.split(r"[=<>]", d)[0] for d in conda) == ["pip", "python"], conda
     python = next(d for d in conda if d.startswith("python"))
-    major_minor = python.split("=")[1]
-    lower = PYPROJECT["project"]["requires-python"].removeprefix(">=")
-    assert tuple(map(int, major_minor.split("."))) >= tuple(map(int, lower.split(".")))
-    assert len(pip) == 1 and len(pip[0]["pip"]) == 1
-    m = re.fullmatch(r"-e \.\[([a-z,]+)\]", pip[0]["pip"][0])
-    assert m, "environment.yml must install the package itself (`-e .[extras]`), not repeat its dependencies"
-    extras = set(m.group(1).split(","))
-    assert extras <= set(PYPROJECT["project"]["optional-dependencies"])
-    assert extras == {"notebooks", "test"}
+    assert python == f"python={_python_lower_bound()}", (python, PYPROJECT["project"]["requires-python"])
+    assert len(pip) == 1 and len(pip[0]["pip"]) == 2, pip
+    lock_line, package_line = pip[0]["pip"]
+    assert lock_line == f"-r {LOCK_PATH}", lock_line  # relative to environment.yml's folder, the root
+    m = re.fullmatch(r"-e \.\[([a-z,]+)\]", package_line)
+    assert m, "environment.yml must install the package itself (`-e .[extras]`) after the lock"
+    assert set(m.group(1).split(",")) == _lock_extras()
 
 
-def test_constraints_pin_the_local_torch_wheel_and_pyproject_keeps_a_range():
-    pins = [l for l in (ROOT / "constraints.txt").read_text().splitlines() if l and not l.startswith("#")]
-    assert pins == ["torch==2.13.0"]
-    deps = PYPROJECT["project"]["dependencies"]
-    torch_dep = next(d for d in deps if d.startswith("torch"))
-    assert torch_dep.startswith("torch>=") and "==" not in torch_dep
+def test_this_environment_is_the_locked_one():
+    """The interpreter running the tests (`make setup`'s .venv, or the conda env) has the lock's versions."""
+    if sys.version_info[:2] != tuple(map(int, _python_lower_bound().split("."))):
+        pytest.skip(f"the lock is made for Python {_python_lower_bound()}")
+    wrong = []
+    for name, version, marker, _ in _lock():
+        if marker is not None and not marker.evaluate():
+            continue
+        try:
+            installed = Version(metadata.version(name))
+        except metadata.PackageNotFoundError:
+            wrong.append(f"{name}: missing (lock: {version})")
+            continue
+        if Version(installed.public) != version:  # a local build label (2.13.0+cpu) is the same release
+            wrong.append(f"{name}: {installed} installed, lock: {version}")
+    assert not wrong, "run `make setup` (or `pip install -r requirements/lock.txt`):\n" + "\n".join(wrong)
 
 
 def test_ci_runs_the_readme_test_command():
