@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import sys
 from pathlib import Path
@@ -25,7 +26,23 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split-seed", type=int, default=0, help="seed of the 70/15/15 purchase split (default: 0)")
 
 
+def _balancer_args(items: list[str]) -> dict[str, object]:
+    """`["c=0.5", "granularity=flat"]` -> `{"c": 0.5, "granularity": "flat"}` (literals, else strings)."""
+    out: dict[str, object] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise ValueError(f"--balancer-arg {item!r}: expected NAME=VALUE, e.g. --balancer-arg c=0.5")
+        try:
+            out[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[name] = value
+    return out
+
+
 def _parser() -> argparse.ArgumentParser:
+    from mbkit.balancers import REGISTRY
+
     root = _Parser(prog="mbkit", description=__doc__)
     sub = root.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -34,8 +51,11 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train one model with one balancer and write its results")
     _add_data_args(t)
-    t.add_argument("--balancer", default="vanilla", help="vanilla, metabalance, pcgrad_adjusted, pcgrad, "
-                   "metabalance+pcgrad_adjusted, metabalance+pcgrad")
+    t.add_argument("--balancer", default="vanilla",
+                   help=f"one of {', '.join(REGISTRY)}, or several joined by '+' (e.g. metabalance+pcgrad_adjusted)")
+    t.add_argument("--balancer-arg", action="append", default=[], metavar="NAME=VALUE",
+                   help="another argument of the balancer, e.g. c=0.5 for cagrad or alpha=1.5 for gradnorm "
+                        "(VALUE is read as a Python literal; repeat for several)")
     t.add_argument("--relax-factor", type=float, default=None, help="MetaBalance relax factor r in [0, 1]")
     t.add_argument("--beta", type=float, default=None, help="MetaBalance moving-average factor")
     t.add_argument("--strategy", default=None, choices=["both", "reduce", "enlarge"], help="MetaBalance strategy")
@@ -50,9 +70,14 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", default=None, help="output folder (default: runs/<balancer>-seed<seed>)")
-    t.add_argument("--resume", default=None, help="checkpoint to resume from (OUT/last.pt)")
-    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.add_argument("--out", default=None, help="output folder (default: the --resume checkpoint's folder, else "
+                   "runs/<balancer>-seed<seed>); a folder holding another run is refused unless --overwrite")
+    t.add_argument("--resume", default=None, help="checkpoint to resume from (OUT/last.pt); refused when its "
+                   "settings or data differ from this run's (except epochs, patience, progress and device)")
+    t.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    t.add_argument("--progress", default="auto", choices=["auto", "text", "off"],
+                   help="epoch progress bar on stderr (default: auto)")
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar (same as --progress off)")
 
     r = sub.add_parser("reproduce", help="run the numbered notebooks with papermill")
     r.add_argument("--params", default="notebooks/params/default.yaml", help="parameter file (YAML)")
@@ -63,6 +88,25 @@ def _parser() -> argparse.ArgumentParser:
     return root
 
 
+def _check_data_args(args: argparse.Namespace) -> None:
+    """What can be checked before the log is read (reading the real log takes a minute)."""
+    from mbkit.data import BEHAVIORS
+
+    if args.data != "synthetic":
+        path = Path(args.data)
+        if not path.exists():
+            raise ValueError(f"--data {path}: no such file; pass the path of UserBehavior.csv (or its .zip / "
+                             ".csv.gz), or 'synthetic'")
+        if not path.is_file():
+            raise ValueError(f"--data {path} is a folder; pass the UserBehavior.csv file inside it")
+    if args.target not in BEHAVIORS:
+        raise ValueError(f"--target {args.target!r} is not a behavior; use one of {', '.join(BEHAVIORS)}")
+    for flag, value in (("--min-user-items", args.min_user_items), ("--min-item-users", args.min_item_users),
+                        ("--split-seed", args.split_seed)):
+        if value < 0:
+            raise ValueError(f"{flag} {value} must be >= 0")
+
+
 def _task_data(args: argparse.Namespace, seed: int, device: str):
     from mbkit.data import build_task_data, load_filtered
     stats, log = load_filtered(args.data, target=args.target, mode=args.filter_mode,
@@ -71,30 +115,64 @@ def _task_data(args: argparse.Namespace, seed: int, device: str):
     return stats, build_task_data(log, target=args.target, seed=seed, device=device)
 
 
+def _train(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from mbkit.runstate import check_resume, claim_run_dir, load_checkpoint
+    from mbkit.train import TrainConfig, fit
+    from mbkit.utils import resolve_device
+
+    kw = {k: v for k, v in (("relax_factor", args.relax_factor), ("beta", args.beta),
+                            ("strategy", args.strategy)) if v is not None}
+    kw.update(_balancer_args(args.balancer_arg))
+    progress = False if args.no_progress or args.progress == "off" else args.progress
+    config = TrainConfig(balancer=args.balancer, balancer_kwargs=kw, epochs=args.epochs,
+                         batch_size=args.batch_size, lr=args.lr, num_neg=args.num_neg, seed=args.seed,
+                         mode=args.mode, device=args.device, patience=args.patience,
+                         diagnostics_every=args.diagnostics_every, amp=args.amp, progress=progress)
+    _check_data_args(args)
+    try:
+        resolve_device(args.device)
+    except RuntimeError as e:
+        raise ValueError(f"--device {args.device!r} is not a device ({str(e).splitlines()[0]}); use auto, cpu, "
+                         "cuda or cuda:N") from None
+    if args.resume is not None:
+        check_resume(load_checkpoint(args.resume), dataclasses.asdict(config), None, args.resume)
+    default_out = Path(args.resume).parent if args.resume else Path(f"runs/{args.balancer}-seed{args.seed}")
+    out = Path(args.out or default_out)
+    claim_run_dir(out, resume=args.resume, overwrite=args.overwrite, clear=False, flag="--out")  # cleared by fit
+    _, data = _task_data(args, args.split_seed, args.device)
+    result = fit(data, config, checkpoint_dir=out, resume=args.resume, overwrite=args.overwrite)
+    result.save(out)
+    print(json.dumps({"label": result.label, "best_epoch": result.best_epoch,
+                      "test": {k: round(v, 4) for k, v in result.test.items()}, "out": str(out)}))
+
+
+def _message(e: BaseException) -> str:
+    """One readable line for an error: never a bare key or errno."""
+    if isinstance(e, OSError) and e.strerror:
+        where = f"{e.filename}: " if e.filename is not None else ""
+        return f"{where}{e.strerror}; check the path and its permissions"
+    if isinstance(e, KeyError):
+        return f"missing entry {e.args[0]!r} ({e.__class__.__name__}); please report this with the command you ran"
+    text = str(e).strip()
+    return text or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "data":
             from mbkit.data import load_filtered
+            _check_data_args(args)
             stats, _ = load_filtered(args.data, target=args.target, mode=args.filter_mode,
                                      min_user_items=args.min_user_items, min_item_users=args.min_item_users,
                                      skip_bad_rows=args.skip_bad_rows)
             print(stats.to_string())
+            if stats.attrs.get("out_of_window_rows"):
+                print(f"rows dated outside the log's 9 days (kept): {stats.attrs['out_of_window_rows']:,}")
         elif args.command == "train":
-            from mbkit.train import TrainConfig, fit
-            kw = {k: v for k, v in (("relax_factor", args.relax_factor), ("beta", args.beta),
-                                    ("strategy", args.strategy)) if v is not None}
-            config = TrainConfig(balancer=args.balancer, balancer_kwargs=kw, epochs=args.epochs,
-                                 batch_size=args.batch_size, lr=args.lr, num_neg=args.num_neg, seed=args.seed,
-                                 mode=args.mode, device=args.device, patience=args.patience,
-                                 diagnostics_every=args.diagnostics_every, amp=args.amp,
-                                 progress=not args.no_progress)
-            out = Path(args.out or f"runs/{args.balancer}-seed{args.seed}")
-            _, data = _task_data(args, args.split_seed, args.device)
-            result = fit(data, config, checkpoint_dir=out, resume=args.resume)
-            result.save(out)
-            print(json.dumps({"label": result.label, "best_epoch": result.best_epoch,
-                              "test": {k: round(v, 4) for k, v in result.test.items()}, "out": str(out)}))
+            _train(args)
         elif args.command == "reproduce":
             from mbkit.reproduce import run_notebooks
             run_notebooks(args.params, args.out, only=args.only)
@@ -102,12 +180,11 @@ def main(argv: list[str] | None = None) -> int:
                 from mbkit.reproduce import store_executed
                 for path in store_executed(args.out):
                     print(f"updated {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        msg = e.args[0] if e.args else repr(e)
-        print(f"mbkit: error: {msg}", file=sys.stderr)
+    except (ValueError, KeyError, OSError) as e:
+        print(f"mbkit: error: {_message(e)}", file=sys.stderr)
         return 2
     except RuntimeError as e:  # NonFiniteLossError and friends: the message is the diagnosis
-        print(f"mbkit: error: {e}", file=sys.stderr)
+        print(f"mbkit: error: {_message(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("mbkit: interrupted; completed epochs are in the output folder's last.pt (use --resume)",

@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import warnings
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -90,15 +91,21 @@ def _plain_csv(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
     with tempfile.TemporaryDirectory(prefix="mbkit-") as tmp:
         plain = os.path.join(tmp, "UserBehavior.csv")
         if suffix == ".zip":
-            with zipfile.ZipFile(path) as zf:
-                members = [m for m in zf.namelist()
-                           if m.lower().endswith(".csv") and not m.startswith("__MACOSX")]
-                if len(members) != 1:
-                    raise ValueError(f"{path}: expected exactly one .csv member in the archive, found "
-                                     f"{members or 'none'}; extract the log and pass the .csv path")
-                name = f"{path}:{members[0]}"
-                with zf.open(members[0]) as src, open(plain, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 24)
+            try:
+                with zipfile.ZipFile(path) as zf:
+                    members = [m for m in zf.namelist()
+                               if m.lower().endswith(".csv") and not m.startswith("__MACOSX")]
+                    if len(members) != 1:
+                        raise ValueError(f"{path}: expected exactly one .csv member in the archive, found "
+                                         f"{members or 'none'}; extract the log and pass the .csv path")
+                    name = f"{path}:{members[0]}"
+                    with zf.open(members[0]) as src, open(plain, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 24)
+            except (zipfile.BadZipFile, EOFError, zlib.error, OSError) as e:
+                if isinstance(e, OSError) and e.filename is not None:  # e.g. a full temporary disk
+                    raise
+                raise ValueError(f"{path}: not a readable zip archive ({e}); the download is probably "
+                                 "truncated or corrupted: download it again, or pass the extracted .csv") from None
         else:
             name = str(path)
             try:
@@ -185,6 +192,37 @@ def _diagnose(csv: str) -> _Diagnosis:
     return _Diagnosis(int(counts["n_good"][0]), int(counts["n_bad"][0]), first)
 
 
+def _check_last_line(csv: str, name: str) -> None:
+    """Raise if the file ends mid-line: no final line end and a last row that is malformed or dated outside
+    the log's window (a download or copy cut short; a clean file without a final newline passes)."""
+    with open(csv, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - 4096))
+        tail = f.read()
+    if not tail or tail.endswith((b"\n", b"\r")):
+        return
+    last = tail.splitlines()[-1].decode("utf-8", "replace").strip()
+    if not last:
+        return
+    parts = [p.strip() for p in last.split(",")]
+    problem = None
+    if len(parts) != len(COLUMNS):
+        problem = f"has {len(parts)} of the {len(COLUMNS)} fields"
+    elif parts[3] not in BEHAVIORS or not all(p.lstrip("-").isdigit() for i, p in enumerate(parts) if i != 3):
+        problem = "is malformed"
+    elif not WINDOW[0] <= int(parts[4]) < WINDOW[1]:
+        problem = f"has timestamp {parts[4]}, outside the log's window [{WINDOW[0]}, {WINDOW[1]})"
+    if problem:
+        raise ValueError(f"{name}: the file is cut mid-line: its last line {last[:80]!r} has no line end and "
+                         f"{problem}; the file was truncated (an interrupted download, copy or extraction): "
+                         "get it again")
+
+
+def _out_of_window(ts: pl.Expr) -> pl.Expr:
+    return ((ts < WINDOW[0]) | (ts >= WINDOW[1])).sum()
+
+
 def _raise_empty(name: str) -> None:
     raise ValueError(f"{name}: the file is empty (no rows); expected lines of {_FORMAT}, "
                      "e.g. 1,2268318,2520377,pv,1511544070")
@@ -260,9 +298,12 @@ def read_userbehavior(path: str | os.PathLike, *, skip_bad_rows: bool = False) -
     warning and in `df.attrs["skipped_rows"]`.
     """
     with _plain_csv(path) as (csv, name):
+        _check_last_line(csv, name)
         df, skipped = _read_polars(csv, name, skip_bad_rows)
     out = _to_pandas(df)
     out.attrs["skipped_rows"] = skipped
+    out.attrs["out_of_window_rows"] = int(df.select(_out_of_window(pl.col("timestamp"))).item() or 0)
+    out.attrs["source"] = str(Path(path))
     return out
 
 
@@ -296,6 +337,7 @@ def _surviving(users: np.ndarray, items: np.ndarray, *, target: str, min_user_it
     """
     if mode not in ("once", "kcore"):
         raise ValueError(f"mode={mode!r}; use 'once' (thresholds computed once) or 'kcore' (fixed point)")
+    _check_thresholds(min_user_items, min_item_users)
     while True:
         uu, uc = np.unique(users, return_counts=True)
         ii, ic = np.unique(items, return_counts=True)
@@ -333,6 +375,30 @@ def _behavior_codes(log: pd.DataFrame) -> np.ndarray:
     return codes
 
 
+def _check_ids(log: pd.DataFrame) -> None:
+    """Raise if a user or item id is missing (NaN / None) or not an integer."""
+    for col in ("user_id", "item_id"):
+        values = log[col]
+        missing = values.isna().to_numpy()
+        if missing.any():
+            rows = np.flatnonzero(missing)
+            raise ValueError(f"{int(missing.sum()):,} row(s) of the log have no {col} (NaN), first at row "
+                             f"{log.index[rows[0]]!r}; drop or fix them (e.g. log.dropna(subset=[{col!r}]))")
+        if not pd.api.types.is_integer_dtype(values.dtype):
+            as_float = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+            bad = ~np.isfinite(as_float) | (as_float != np.round(as_float))
+            if bad.any():
+                first = np.flatnonzero(bad)[0]
+                raise ValueError(f"{col} must hold integer ids; row {log.index[first]!r} has "
+                                 f"{values.iloc[first]}; fix the log or read it with read_userbehavior")
+
+
+def _check_thresholds(min_user_items: int, min_item_users: int) -> None:
+    for name, v in (("min_user_items", min_user_items), ("min_item_users", min_item_users)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise ValueError(f"{name}={v!r} must be a non-negative integer (the study uses 10)")
+
+
 def _present(codes: np.ndarray) -> set[str]:
     return {BEHAVIORS[c] for c in np.flatnonzero(np.bincount(codes, minlength=len(BEHAVIORS)))}
 
@@ -349,6 +415,8 @@ def filter_log(log: pd.DataFrame, *, target: str = "buy", min_user_items: int = 
     thresholds hold exactly within the result.
     """
     codes = _behavior_codes(log)
+    _check_ids(log)
+    _check_thresholds(min_user_items, min_item_users)
     _check_target(_present(codes), target)
     pairs = log.loc[codes == BEHAVIORS.index(target), ["user_id", "item_id"]].drop_duplicates()
     kept_u, kept_i = _surviving(pairs["user_id"].to_numpy(), pairs["item_id"].to_numpy(), target=target,
@@ -356,8 +424,14 @@ def filter_log(log: pd.DataFrame, *, target: str = "buy", min_user_items: int = 
     keep = np.isin(log["user_id"].to_numpy(), kept_u) & np.isin(log["item_id"].to_numpy(), kept_i)
     _check_not_empty(int(keep.sum()), target, min_user_items, min_item_users, mode)
     out = log.loc[keep].reset_index(drop=True)
-    out.attrs = {}
+    out.attrs = {"source": log.attrs.get("source"), "filter": _filter_settings(target, min_user_items,
+                                                                               min_item_users, mode)}
     return out
+
+
+def _filter_settings(target: str, min_user_items: int, min_item_users: int, mode: str) -> dict:
+    return {"target": target, "min_user_items": int(min_user_items), "min_item_users": int(min_item_users),
+            "mode": mode}
 
 
 def log_stats(logs: pd.DataFrame | Mapping[str, pd.DataFrame]) -> pd.DataFrame:
@@ -419,7 +493,8 @@ def _stage(lf: pl.LazyFrame, directory: str) -> pl.LazyFrame:
 
 def _counts(ipc: pl.LazyFrame) -> dict[str, int]:
     """Rows, null cells per column and rows per behavior, in one streaming pass."""
-    out = ipc.select(rows=pl.len(), **{f"null_{c}": pl.col(c).is_null().sum() for c in COLUMNS},
+    out = ipc.select(rows=pl.len(), out_of_window=_out_of_window(pl.col("timestamp")),
+                     **{f"null_{c}": pl.col(c).is_null().sum() for c in COLUMNS},
                      **{b: (pl.col("behavior") == b).sum() for b in BEHAVIORS}).collect(engine="streaming")
     return {k: int(v or 0) for k, v in out.row(0, named=True).items()}
 
@@ -460,15 +535,22 @@ def load_filtered(source: str | os.PathLike = "synthetic", *, target: str = "buy
     benchmarks/read_filter.py). Rows are validated as in `read_userbehavior`, with the same errors and
     `skip_bad_rows` (raw statistics then count the kept rows). Returns `(stats, filtered_log)`: stats with rows "raw" and "filtered" as
     `log_stats` gives them, the filtered log as `read_userbehavior` would return it, in file order.
+    Rows dated outside the log's nine days (the published file has some) are kept and counted in
+    `stats.attrs["out_of_window_rows"]`; a file cut mid-line is an error.
     """
+    _check_thresholds(min_user_items, min_item_users)
     kw = dict(target=target, mode=mode, min_user_items=min_user_items, min_item_users=min_item_users)
     if isinstance(source, str) and source == "synthetic":
         raw = synthesize()
         filtered = filter_log(raw, **kw)
-        return log_stats({"raw": raw, "filtered": filtered}), filtered
+        filtered.attrs["source"] = "synthetic"
+        stats = log_stats({"raw": raw, "filtered": filtered})
+        stats.attrs["out_of_window_rows"] = 0
+        return stats, filtered
     with _plain_csv(source) as (csv, name), tempfile.TemporaryDirectory(prefix="mbkit-") as tmp:
         if os.path.getsize(csv) == 0:
             _raise_empty(name)
+        _check_last_line(csv, name)
         ipc, counts, skipped = _stage_validated(csv, name, tmp, skip_bad_rows)
         _check_target({b for b in BEHAVIORS if counts[b]}, target)
         raw = {"users": ipc.select("user_id").unique().select(pl.len()).collect(engine="streaming").item(),
@@ -485,7 +567,9 @@ def load_filtered(source: str | os.PathLike = "synthetic", *, target: str = "buy
     stats = pd.concat([pd.DataFrame([raw], index=["raw"]), log_stats({"filtered": filtered})])
     stats = stats[list(STATS_COLUMNS)].astype("int64")
     stats.attrs["skipped_rows"] = skipped
-    filtered.attrs["skipped_rows"] = skipped
+    stats.attrs["out_of_window_rows"] = counts["out_of_window"]
+    filtered.attrs.update(skipped_rows=skipped, source=str(Path(source)),
+                          filter=_filter_settings(target, min_user_items, min_item_users, mode))
     return stats, filtered
 
 
@@ -709,7 +793,8 @@ class TaskData:
     The training positives are the distinct (user, item) pairs of any behavior in the training split,
     each with a 0/1 label per task (column 0 = target). `train_csr` holds every training item of a
     user (masked when ranking); `valid_csr` / `test_csr` the held-out purchases. `user_ids[u]` /
-    `item_ids[i]` give the raw log ids back.
+    `item_ids[i]` give the raw log ids back; `meta` says where the data came from (source, filter, split
+    seed), which `mbkit.runstate.data_fingerprint` records with every run.
     """
 
     tasks: tuple[str, ...]
@@ -725,6 +810,7 @@ class TaskData:
     test_csr: CSR
     user_ids: np.ndarray | None = None  # (n_users,) raw ids
     item_ids: np.ndarray | None = None  # (n_items,) raw ids
+    meta: dict = field(default_factory=dict)  # source, filter and split settings (see data_fingerprint)
     _train_keys: Tensor = field(init=False)  # (nnz,) sorted user * n_items + item of train_csr
 
     def __post_init__(self) -> None:
@@ -736,11 +822,14 @@ class TaskData:
             raise ValueError(f"user index {int(full[0])} has a training interaction with every item, so no "
                              "negative can be drawn for it; filter such users out of the log")
 
-    def __repr__(self) -> str:
+    def describe(self) -> str:
+        """Sizes only: the same text on every machine (`repr` adds the device)."""
         held = f"valid={int(self.valid_csr.indices.numel()):,}, test={int(self.test_csr.indices.numel()):,}"
         return (f"TaskData(tasks={self.tasks}, users={self.n_users:,}, items={self.n_items:,}, "
-                f"train positives={int(self.users.numel()):,}, held-out {self.target}: {held}, "
-                f"device={self.device})")
+                f"train positives={int(self.users.numel()):,}, held-out {self.target}: {held})")
+
+    def __repr__(self) -> str:
+        return f"{self.describe()[:-1]}, device={self.device})"
 
     def _is_train(self, users: Tensor, items: Tensor) -> Tensor:
         keys = users * self.n_items + items
@@ -800,7 +889,7 @@ class TaskData:
         move = lambda csr: CSR(csr.indptr.to(device), csr.indices.to(device))  # noqa: E731
         return TaskData(self.tasks, self.target, self.n_users, self.n_items, device, self.users.to(device),
                         self.items.to(device), self.labels.to(device), move(self.train_csr),
-                        move(self.valid_csr), move(self.test_csr), self.user_ids, self.item_ids)
+                        move(self.valid_csr), move(self.test_csr), self.user_ids, self.item_ids, dict(self.meta))
 
     def eval_users(self, split: str) -> Tensor:
         """Users with at least one held-out purchase in `split` ("valid" or "test"), ascending."""
@@ -822,6 +911,7 @@ def build_task_data(log: pd.DataFrame, *, target: str = "buy", seed: int = 0,
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-9:
         raise ValueError(f"fractions={fractions} must be three non-negative numbers summing to 1")
     codes = _behavior_codes(log)
+    _check_ids(log)
     present = _present(codes)
     _check_target(present, target)
     tasks = (target, *[b for b in BEHAVIORS if b != target and b in present])
@@ -854,6 +944,8 @@ def build_task_data(log: pd.DataFrame, *, target: str = "buy", seed: int = 0,
         valid_csr=_csr(valid, n_users, n_items, device),
         test_csr=_csr(test, n_users, n_items, device),
         user_ids=user_ids, item_ids=item_ids,
+        meta={"source": log.attrs.get("source"), "filter": log.attrs.get("filter"), "split_seed": int(seed),
+              "fractions": [float(f) for f in fractions]},
     )
 
 
@@ -869,8 +961,15 @@ def sample_summary(data: TaskData) -> pd.DataFrame:
     return out.astype("int64")
 
 
+class LeakageError(ValueError):
+    """A held-out pair is also a training pair (or in both held-out splits)."""
+
+
 def check_no_leakage(data: TaskData) -> None:
-    """Raise `AssertionError` if a valid/test purchase pair is a training pair of any task, or both."""
+    """Raise `LeakageError` if a valid/test purchase pair is a training pair of any task, or in both splits.
+
+    A real exception, not `assert`: the check survives `python -O`.
+    """
     def keys(csr: CSR) -> Tensor:
         rows = torch.repeat_interleave(torch.arange(data.n_users, device=csr.indptr.device), csr.row_lengths())
         return rows * data.n_items + csr.indices
@@ -880,7 +979,12 @@ def check_no_leakage(data: TaskData) -> None:
         held = keys(csr)
         if train.numel() and held.numel():
             hits = int((train[torch.searchsorted(train, held).clamp_(max=train.numel() - 1)] == held).sum())
-            assert hits == 0, f"{hits} {split} {data.target} pairs are training positives (leakage)"
-        assert torch.equal(keys(data.train_csr), data._train_keys), "train_csr does not match the positives"
+            if hits:
+                raise LeakageError(f"{hits} {split} {data.target} pairs are training positives (leakage); build "
+                                   "the data with build_task_data, which removes held-out pairs from training")
+        if not torch.equal(keys(data.train_csr), data._train_keys):
+            raise LeakageError("train_csr does not match the training positives; rebuild the data with "
+                               "build_task_data instead of editing its tensors")
     overlap = int(torch.isin(keys(data.valid_csr), keys(data.test_csr)).sum())
-    assert overlap == 0, f"{overlap} pairs are in both valid and test"
+    if overlap:
+        raise LeakageError(f"{overlap} pairs are in both valid and test; rebuild the data with build_task_data")

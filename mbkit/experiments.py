@@ -5,7 +5,11 @@ anything that `mbkit.train.fit` does not."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import math
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -13,6 +17,9 @@ import pandas as pd
 from scipy import stats
 
 from mbkit.data import TaskData
+from mbkit.progress import progress_bar
+from mbkit.record import read_json
+from mbkit.runstate import CheckpointError, code_version, config_differences, data_fingerprint
 from mbkit.train import TrainConfig, fit
 
 METRICS: tuple[str, ...] = ("ndcg@10", "recall@10", "precision@10", "ndcg@20", "recall@20", "precision@20")
@@ -40,27 +47,124 @@ def study_methods(relax_factor: float = 0.7) -> list[Method]:
     ]
 
 
+def run_name(method: Method, seed: int) -> str:
+    """The folder name of one run of a grid: balancer, sorted keyword arguments and seed, file-system safe.
+
+    `run_name(Method("MB", "metabalance", {"relax_factor": 0.7}), 2) == "metabalance_relax_factor=0.7_seed2"`.
+    """
+    parts = [method.balancer, *(f"{k}={v}" for k, v in sorted(method.kwargs.items())), f"seed{int(seed)}"]
+    name = re.sub(r"[^A-Za-z0-9_.=+-]+", "-", "_".join(parts))
+    if len(name) > 120:
+        name = f"{name[:100]}-{hashlib.sha1(name.encode()).hexdigest()[:12]}"
+    return name
+
+
+# Settings that do not change a finished run's metrics: a record that differs only in these is reused.
+_DISPLAY_ONLY = frozenset({"progress", "device", "eval_batch_users", "nan_check_every", "diagnostics_every"})
+
+
+def _finished(folder: Path, cfg: TrainConfig, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
+    """The record of a finished run in `folder` with this configuration and data, None if there is none
+    (or if it trained fewer epochs / other patience, then it is resumed); another run there is an error."""
+    path = folder / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        rec = read_json(path)
+        saved_cfg, saved_data = rec["config"], rec["data"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a readable run record ({e}); delete {folder} to train that run "
+                         "again") from None
+    changed = set(config_differences(saved_cfg, dataclasses.asdict(cfg)))
+    wrong = sorted(changed - _DISPLAY_ONLY - {"epochs", "patience"})
+    if wrong:
+        k = wrong[0]
+        raise ValueError(f"{folder} holds a run with {k}={saved_cfg.get(k)!r}, this grid asks for "
+                         f"{k}={getattr(cfg, k)!r}; pass another runs_dir, or delete that folder to retrain it")
+    if config_differences(saved_data or {}, fingerprint):
+        raise ValueError(f"{folder} holds a run trained on other data (source, filter, split or pairs differ); "
+                         "pass another runs_dir for this data")
+    here, there = code_version()["git_commit"], (rec.get("code") or {}).get("git_commit")
+    if here and there and here != there:
+        raise ValueError(f"{folder} holds a run trained by the code of commit {there}, this is {here}; delete "
+                         f"{folder} to train it with this code, or pass another runs_dir")
+    return None if changed - _DISPLAY_ONLY else rec
+
+
 def run_grid(data: TaskData, methods: Iterable[Method], seeds: Iterable[int], base: TrainConfig,
-             on_run=None) -> pd.DataFrame:
+             on_run=None, *, runs_dir: str | Path | None = None, progress: bool | str | None = None) -> pd.DataFrame:
     """Train every method with every seed (same data split) and return one row per run.
 
-    Columns: method, balancer, seed, best_epoch, train_seconds, valid_<metric>, test_<metric>.
-    `on_run(result)` is called after each run (e.g. to save it).
+    Columns: method, balancer, seed, best_epoch, train_seconds, the method's keyword arguments,
+    valid_<metric>, test_<metric>. `on_run(method, result)` is called after each run that trains.
+
+    `runs_dir`: each run gets its own folder `runs_dir/run_name(method, seed)` with a checkpoint after
+    every epoch and its record (metrics.json, history.csv) as soon as it finishes. Calling again with the
+    same grid reads finished runs from their records, resumes unfinished ones from their checkpoints and
+    returns the same table as an uninterrupted grid (train_seconds aside); a folder holding a run of
+    other settings or data is an error. `progress` (default: `base.progress`): one bar over the grid's
+    epochs, showing the run count, the current run's epoch, the elapsed time and an estimate of the rest
+    (a widget in JupyterLab, text on stderr elsewhere; see `mbkit.progress`).
     """
+    seeds = [int(s) for s in seeds]
+    plan = [(m, s, dataclasses.replace(base, balancer=m.balancer, balancer_kwargs=dict(m.kwargs), seed=s,
+                                       progress=False))
+            for m in methods for s in seeds]
+    folders: list[Path | None] = [None] * len(plan)
+    records: list[dict[str, Any] | None] = [None] * len(plan)
+    if runs_dir is not None:
+        fingerprint = data_fingerprint(data)
+        for i, (m, s, cfg) in enumerate(plan):
+            folders[i] = Path(runs_dir) / run_name(m, s)
+            records[i] = _finished(folders[i], cfg, fingerprint)
+    epochs = base.epochs
+    bar = progress_bar(base.progress if progress is None else progress, total=len(plan) * epochs,
+                       initial=epochs * sum(r is not None for r in records), unit="epoch", desc="grid")
     rows = []
-    for m in methods:
-        for seed in seeds:
-            cfg = dataclasses.replace(base, balancer=m.balancer, balancer_kwargs=dict(m.kwargs), seed=int(seed))
-            res = fit(data, cfg)
-            if on_run is not None:
-                on_run(m, res)
-            row: dict[str, Any] = {"method": m.label, "balancer": m.balancer, "seed": int(seed),
-                                   "best_epoch": res.best_epoch, "train_seconds": res.train_seconds}
+    try:
+        for i, ((m, s, cfg), folder, rec) in enumerate(zip(plan, folders, records)):
+            if rec is None:
+                rec = _train_one(data, m, s, cfg, folder, on_run, bar, f"run {i + 1}/{len(plan)}")
+            row: dict[str, Any] = {"method": m.label, "balancer": m.balancer, "seed": s,
+                                   "best_epoch": rec["best_epoch"], "train_seconds": rec["train_seconds"]}
             row.update({k: v for k, v in m.kwargs.items()})
-            row.update({f"valid_{k}": v for k, v in res.valid.items()})
-            row.update({f"test_{k}": v for k, v in res.test.items()})
+            row.update({f"valid_{k}": v for k, v in rec["valid"].items()})
+            row.update({f"test_{k}": v for k, v in rec["test"].items()})
             rows.append(row)
+    finally:
+        if bar is not None:
+            bar.close()
     return pd.DataFrame(rows)
+
+
+def _train_one(data: TaskData, m: Method, seed: int, cfg: TrainConfig, folder: Path | None, on_run: Any,
+               bar: Any, desc: str) -> dict[str, Any]:
+    """Train (or resume) one run of a grid, save its record in `folder`; returns its summary."""
+    seen = 0
+
+    def on_epoch(epoch: int, total: int) -> None:
+        nonlocal seen
+        seen += 1
+        if bar is not None:
+            bar.set_postfix_str(f"{m.label}, seed {seed}: epoch {epoch}/{total}", refresh=False)
+            bar.update(1)
+
+    if bar is not None:
+        bar.set_description(desc, refresh=False)
+        bar.set_postfix_str(f"{m.label}, seed {seed}: starting", refresh=True)
+    resume = folder / "last.pt" if folder is not None and (folder / "last.pt").is_file() else None
+    try:
+        res = fit(data, cfg, checkpoint_dir=folder, resume=resume, on_epoch=on_epoch)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} (grid run folder {folder}: pass another runs_dir, or delete the folder to "
+                              "retrain that run)") from None
+    if folder is not None:
+        res.save(folder)
+    if on_run is not None:
+        on_run(m, res)
+    if bar is not None:
+        bar.update(cfg.epochs - seen)  # epochs trained before a resume, or skipped by early stopping
+    return res.summary()
 
 
 def summarize(runs: pd.DataFrame, by: str | list[str] = "method", split: str = "test",
@@ -116,3 +220,58 @@ def paired_tests(runs: pd.DataFrame, baseline: str, metric: str = "test_ndcg@10"
         rows.append({"method": method, "metric": metric, "n_seeds": len(diff), "mean_diff": float(diff.mean()),
                      "t": float(t), "p_value": float(p)})
     return pd.DataFrame(rows).set_index("method")
+
+
+PAPER_RELAX_FACTOR = 0.7  # MetaBalance's default (He et al. 2022, Sec. 5); wins ties in `select_relax_factor`
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The relax factor chosen on validation, and how clear the choice was."""
+
+    strategy: str
+    relax_factor: float
+    best: tuple[str, float]                  # the candidate with the highest mean
+    near_best: list[tuple[str, float]]       # candidates within one standard error of the best mean
+    margin: float                            # best mean minus the runner-up's (how clear the raw maximum is)
+    standard_error: float                    # std / sqrt(n_seeds) of the best candidate
+
+    def describe(self, metric: str) -> str:
+        tied = ", ".join(f"{s} r={r:g}" for s, r in self.near_best)
+        return (f"chosen: strategy={self.strategy}, r={self.relax_factor:g}\n"
+                f"best mean: {self.best[0]} r={self.best[1]:g}, ahead of the runner-up by {self.margin:.4f} "
+                f"(one standard error: {self.standard_error:.4f})\n"
+                f"within one standard error of the best validation {metric}: {tied}")
+
+
+def select_relax_factor(summary: pd.DataFrame, metric: str = "ndcg@10",
+                        prefer: float = PAPER_RELAX_FACTOR, reference: float = 0.0) -> Selection:
+    """Choose (strategy, r) on validation, robust to float noise and to seed noise.
+
+    `summary` is indexed by (strategy, relax_factor) as `summarize(..., by=["strategy", "relax_factor"])`
+    gives it. r = `reference` (0: the plain sum, i.e. Vanilla) is a reference row, never a candidate.
+    Among the candidates whose mean lies within one standard error (std / sqrt(n)) of the best mean,
+    take the one closest to `prefer` (the paper's 0.7), then the smaller r, then strategy "both". A sweep
+    that is flat within its seed spread therefore gives the paper's default on every machine, and a
+    different host changes the choice only if it moves a candidate across the one-standard-error line.
+    """
+    cand = summary[summary.index.get_level_values(1).to_numpy(dtype=float) != reference]
+    if cand.empty:
+        raise ValueError(f"no relax factor other than the reference r={reference:g} was swept; add candidates")
+    mean, std, n = cand[f"{metric}_mean"], cand[f"{metric}_std"], cand["n_seeds"]
+    best = mean.idxmax()
+    se = float(std.loc[best]) / math.sqrt(float(n.loc[best]))
+    near = [idx for idx in cand.index if mean.loc[idx] >= mean.loc[best] - se]
+    chosen = min(near, key=lambda i: (abs(float(i[1]) - prefer), float(i[1]), i[0] != "both"))
+    others = mean.drop(index=[best])
+    margin = float(mean.loc[best] - others.max()) if len(others) else math.inf
+    return Selection(strategy=str(chosen[0]), relax_factor=float(chosen[1]), best=(str(best[0]), float(best[1])),
+                     near_best=[(str(s), float(r)) for s, r in near], margin=margin, standard_error=se)
+
+
+def median_diagnostics(diagnostics: pd.DataFrame, value: str, target: str) -> pd.DataFrame:
+    """Median over training of a gradient diagnostic (e.g. "ratio_to_target", "weight"), one row per shared
+    weight tensor (biases left out) and one column per auxiliary task."""
+    weights = diagnostics[~diagnostics["tensor"].str.endswith("bias")]
+    aux = weights[weights["task"] != target]
+    return aux.pivot_table(index="tensor", columns="task", values=value, aggfunc="median", sort=False)

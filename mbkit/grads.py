@@ -19,7 +19,7 @@ so MetaBalance and PCGrad give the same result as on the full (K, n_rows, D) tab
 differ in how the combined gradient is optimised:
 
 * ``"compact"``: the combined table gradient is written as a sparse COO `.grad` over the batch's rows
-  and the tables are optimised by SparseAdam's update (`RowAdam`, a faster implementation of it): only
+  and the tables are optimised by SparseAdam's update (`mbkit.optim.RowAdam`, a faster implementation of it): only
   the touched rows and their Adam moments change, and there is no weight decay (the original's 1e-7
   then applies to the dense parameters only).
 * ``"dense"``: the combined table gradient is scattered into a dense `.grad` and every parameter is
@@ -28,8 +28,8 @@ differ in how the combined gradient is optimised:
   momentum. ``full_tables=True`` hands the balancer the literal (K, n_rows, D) tables instead of rows
   (for balancers that are not invariant to zero rows; about 2x slower at paper scale on CPU).
 
-The two modes therefore train differently; the training issue measures whether metrics differ beyond
-seed noise. Host-device synchronisation on CUDA: dense mode has none (its rows are the sorted ids
+The two modes therefore train differently (`benchmarks/compact_vs_dense.py` compares their metrics over
+seeds). Host-device synchronisation on CUDA: dense mode has none (its rows are the sorted ids
 padded to the batch size, see `TaskGrads.rows`); compact mode has one per id tensor (`torch.unique`,
 whose size is data-dependent) and builds its sparse gradients already coalesced, so the optimizer adds none.
 """
@@ -198,72 +198,6 @@ class GradEngine:
         for p, g in zip(towers, grads[len(names) :]):
             p.grad = g.contiguous()
         return losses.detach()
-
-
-class RowAdam(torch.optim.Optimizer):
-    """`torch.optim.SparseAdam`'s update, ~3x faster on CPU: index_select / index_copy_ on the gradient's rows.
-
-    For a coalesced sparse COO gradient (what `GradEngine.write` builds), only the rows present are
-    updated: their moments m, v move as in Adam and the row moves by lr * sqrt(1 - b2^t) / (1 - b1^t) *
-    m / (sqrt(v) + eps), exactly SparseAdam's arithmetic (eps before the bias correction of v); the other
-    rows and their moments are untouched, the step count t is per parameter, and there is no weight decay.
-    """
-
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        if not (lr > 0 and eps > 0 and 0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(f"RowAdam needs lr > 0, eps > 0 and betas in [0, 1); got {lr=}, {betas=}, {eps=}")
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            (b1, b2), eps, lr = group["betas"], group["eps"], group["lr"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if not p.grad.is_sparse:
-                    raise RuntimeError("RowAdam takes sparse row gradients (GradEngine in compact mode); use Adam")
-                grad = p.grad.coalesce()  # a no-op for gradients built coalesced
-                rows, g = grad.indices()[0], grad.values()  # (R,), (R, D)
-                state = self.state[p]
-                if not state:
-                    state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-                state["step"] += 1
-                t = state["step"]
-                m = state["exp_avg"].index_select(0, rows).lerp_(g, 1 - b1)  # (R, D)
-                v = state["exp_avg_sq"].index_select(0, rows).mul_(b2).addcmul_(g, g, value=1 - b2)
-                state["exp_avg"].index_copy_(0, rows, m)
-                state["exp_avg_sq"].index_copy_(0, rows, v)
-                step_size = lr * (1 - b2**t) ** 0.5 / (1 - b1**t)
-                p.index_add_(0, rows, m.div_(v.sqrt().add_(eps)), alpha=-step_size)
-        return loss
-
-
-def make_optimizers(
-    model: SharedBottomNeuMF, mode: str, lr: float = 1e-3, weight_decay: float = 1e-7
-) -> list[torch.optim.Optimizer]:
-    """Optimizers for `mode`: compact -> [RowAdam(tables), Adam(rest)]; dense -> [Adam(all)] (original).
-
-    RowAdam is SparseAdam's update (tested equal), which has no weight decay: in compact mode
-    `weight_decay` applies to the dense parameters only. Adam uses the fused kernel where the device has
-    one (same algorithm, one pass over the memory).
-    """
-    _check_mode(mode)
-    named = dict(model.named_parameters())
-    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in named.values())
-    if mode == "dense":
-        return [torch.optim.Adam(named.values(), lr=lr, weight_decay=weight_decay, fused=fused)]
-    tables = model.TABLE_NAMES
-    return [
-        RowAdam([named[n] for n in tables], lr=lr),
-        torch.optim.Adam(
-            [p for n, p in named.items() if n not in tables], lr=lr, weight_decay=weight_decay, fused=fused
-        ),
-    ]
 
 
 def grad_stats(tg: TaskGrads) -> tuple[Tensor, Tensor]:

@@ -17,7 +17,7 @@ Decisions:
   warns with a count when that happens. A masked item never counts as a hit, even when fewer than K items are
   left unmasked and topk has to return masked (-inf) items.
 - When evaluating "valid", the user's test items are not masked (standard); they are simply not relevant.
-- `evaluate` raises ValueError when the model's scores contain NaN (checked once, after the last batch).
+- `evaluate` raises ValueError when the model's scores contain NaN or ±inf (checked once, after the last batch).
 - Ties in the scores are broken by `torch.topk` (implementation-defined). Real-valued logits of a float32
   model are practically tie-free; low-precision (bf16) scores are upcast to float32 before ranking but ties
   already created by rounding remain.
@@ -165,7 +165,7 @@ def evaluate_per_user(
                 train_mask = csr_rows_mask(train_ptr, train_idx, batch, n_items)  # (U, n_items)
                 heldout = csr_rows_mask(held_ptr, held_idx, batch, n_items)
                 overlap += (train_mask & heldout).sum()
-                bad_scores |= torch.isnan(scores).any()
+                bad_scores |= ~torch.isfinite(scores).all()
                 part = per_user_metrics(scores, train_mask, heldout, ks)
                 part["user"] = batch
                 parts.append(part)
@@ -176,7 +176,8 @@ def evaluate_per_user(
     if not parts:
         raise ValueError(f"data.eval_users({split!r}) is empty: no user has a held-out item in that split")
     if bool(bad_scores):
-        raise ValueError(f"model.score_items produced NaN scores on split {split!r}; the model has diverged")
+        raise ValueError(f"model.score_items produced NaN or infinite scores on split {split!r}; the model has "
+                         "diverged: lower the learning rate or check the input data")
     if (n_overlap := int(overlap)) > 0:
         warnings.warn(
             f"{n_overlap} held-out {split} items are also training items of the same user; they are masked and "

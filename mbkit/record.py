@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -18,12 +19,17 @@ import mbkit
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# What decides the numbers: the package, its dependency pins and the parameter files. Notebooks, figures
+# and results are outputs that `make reproduce` rewrites, so they do not make a record "dirty".
+CODE_PATHS = ("mbkit", "pyproject.toml", "constraints.txt", "requirements", "notebooks/params", "Makefile")
+
+
 def git_commit() -> str | None:
-    """The repository's HEAD commit, suffixed `-dirty` when tracked files differ; None outside a checkout."""
+    """HEAD's commit, suffixed `-dirty` when the code (`CODE_PATHS`) differs from it; None outside a checkout."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
+                               cwd=ROOT, capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return None
     return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
@@ -71,12 +77,18 @@ def _jsonable(x: Any) -> Any:
 
 
 def write_json(path: str | Path, payload: dict[str, Any], device: Any = None) -> Path:
-    """Write `payload` plus a `provenance` block as indented JSON; returns the path."""
+    """Write `payload` plus a `provenance` block as indented JSON, atomically; returns the path.
+
+    The text goes to a temporary file in the same folder, then replaces `path` in one rename, so an
+    interrupted write leaves the previous file or the new one, never a truncated one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     body = dict(_jsonable(payload))
     body["provenance"] = provenance(device)
-    path.write_text(json.dumps(body, indent=2, sort_keys=False) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(body, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
     return path
 
 
@@ -84,14 +96,31 @@ def read_json(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
-def output_dirs(*directories: str | Path) -> list[Path]:
-    """The notebooks' output folders, redirected under `$MBKIT_OUTPUT_ROOT` when it is set.
+def output_dirs(*directories: str | Path, notebook: str | None = None,
+                params: dict[str, Any] | None = None) -> list[Path]:
+    """The notebook's output folders: in place, under `$MBKIT_OUTPUT_ROOT`, or in a scratch folder.
 
-    `make test` sets it so that re-executing the notebooks never rewrites the committed `figures/` and
-    `results/`; papermill runs and interactive sessions leave it unset and write in place.
+    - `$MBKIT_OUTPUT_ROOT` set (`make test`, the browser test): everything goes under it.
+    - `notebook` and `params` given, and the committed `results/<notebook>.json` was made with other
+      parameters: the outputs go to `build/explore/<notebook>-<hash of params>/`, and a line says so.
+      Exploring in JupyterLab never rewrites the committed figures and results.
+    - otherwise in place (`make reproduce` with the parameters that produced the committed results).
     """
     root = os.environ.get("MBKIT_OUTPUT_ROOT")
-    out = [Path(root) / Path(d).name if root else Path(d) for d in directories]
+    if root:
+        out = [Path(root) / Path(d).name for d in directories]
+    else:
+        out = [Path(d) for d in directories]
+        if notebook is not None and params is not None:
+            from mbkit.checks import committed_record, params_differ
+
+            differ = params_differ(params, committed_record(notebook))
+            if differ:
+                key = json.dumps(_jsonable(params), sort_keys=True).encode()
+                scratch = ROOT / "build" / "explore" / f"{notebook}-{hashlib.sha256(key).hexdigest()[:8]}"
+                out = [scratch / Path(d).name for d in directories]
+                names = ", ".join(sorted(differ))
+                print(f"parameters differ from the committed results ({names}): outputs go to {scratch}")
     for d in out:
         d.mkdir(parents=True, exist_ok=True)
     return out

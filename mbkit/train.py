@@ -7,26 +7,33 @@ The step is the clean order: per-task gradients of the current parameters first,
 them, then every optimizer steps. (The original MetaBalance example stepped the towers' optimizer before
 back-propagating the shared part through them; PyTorch >= 1.5 raises on that, older versions silently used
 the updated towers. mbkit does not copy it.)
+
+Everything a run needs to continue is one `mbkit.runstate.RunState` (model, optimizers, balancer, RNG
+streams, history, best epoch, with the configuration and the data fingerprint that identify the run);
+checkpoints are its `checkpoint()` and a resume is checked against it before anything trains.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import torch
 
 from mbkit import balancers as _balancers
 from mbkit.data import TaskData
-from mbkit.grads import GradEngine, grad_stats, make_optimizers
+from mbkit.grads import GradEngine, grad_stats
 from mbkit.metrics import evaluate, metric_keys
 from mbkit.model import ModelConfig, SharedBottomNeuMF
+from mbkit.optim import make_optimizers
+from mbkit.progress import check_progress, progress_bar
 from mbkit.record import write_json
+from mbkit.runstate import (RunState, check_resume, claim_run_dir, data_fingerprint, load_checkpoint,
+                            resume_entry)
 from mbkit.utils import make_generator, resolve_device, seed_everything
 
 
@@ -57,7 +64,7 @@ class TrainConfig:
                                               # never applied), 50 on CUDA (avoids a sync per step; up to 49 bad
                                               # steps may be applied before the run stops)
     eval_batch_users: int | None = None       # users per ranking batch (None: chosen from the item count)
-    progress: bool = True                     # tqdm progress bar over epochs
+    progress: bool | str = True               # epoch bar: True/"auto" (widget in JupyterLab), "text", False
     emb_dim: int = 64                         # model sizes (NeuMF defaults of the study)
     mlp_layers: tuple[int, ...] = (32, 16, 8)
     tower_layers: tuple[int, ...] = (64, 32)
@@ -72,6 +79,19 @@ class TrainConfig:
             raise ValueError(f"mode must be 'compact' or 'dense', got {self.mode!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
+        for name in ("num_neg", "seed", "diagnostics_every", "nan_check_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        if not self.lr > 0 or not self.weight_decay >= 0:
+            raise ValueError(f"lr={self.lr} must be > 0 and weight_decay={self.weight_decay} >= 0")
+        if self.eval_batch_users is not None and self.eval_batch_users < 1:
+            raise ValueError(f"eval_batch_users={self.eval_batch_users} must be >= 1 (or None to choose it)")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        check_progress(self.progress)
+        if not isinstance(self.balancer_kwargs, dict):
+            raise ValueError(f"balancer_kwargs must be a dict, got {type(self.balancer_kwargs).__name__}")
+        _balancers.make(self.balancer, **self.balancer_kwargs)  # unknown names and bad arguments fail here
         self.mlp_layers = tuple(self.mlp_layers)
         self.tower_layers = tuple(self.tower_layers)
 
@@ -88,21 +108,34 @@ class FitResult:
     train_seconds: float                  # wall time of the training steps (evaluation excluded)
     model: SharedBottomNeuMF = field(repr=False)
     label: str = ""                       # the balancer's label, e.g. "MetaBalance (r=0.7)"
+    fingerprint: dict[str, Any] = field(default_factory=dict)  # the data it was trained on (data_fingerprint)
+    resumes: list[dict[str, Any]] = field(default_factory=list)  # one entry per resume of the run
+    code: dict[str, Any] = field(default_factory=dict)  # mbkit version and commit that started the run
 
     def summary(self) -> dict[str, Any]:
         return {"label": self.label, "balancer": self.config.balancer, "seed": self.config.seed,
                 "best_epoch": self.best_epoch, "valid": self.valid, "test": self.test,
-                "train_seconds": self.train_seconds, "config": dataclasses.asdict(self.config)}
+                "train_seconds": self.train_seconds, "config": dataclasses.asdict(self.config),
+                "data": self.fingerprint, "code": self.code, "resumes": self.resumes}
 
     def save(self, out: str | Path) -> Path:
-        """Write history.csv, metrics.json (with provenance) and diagnostics.csv into `out`."""
+        """Write history.csv, diagnostics.csv and metrics.json (with provenance) into `out`, each atomically.
+
+        metrics.json comes last: a folder with a metrics.json holds a finished run.
+        """
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        self.history.to_csv(out / "history.csv", index=False)
+        _write_text(out / "history.csv", self.history.to_csv(index=False))
         if self.diagnostics is not None:
-            self.diagnostics.to_csv(out / "diagnostics.csv", index=False)
+            _write_text(out / "diagnostics.csv", self.diagnostics.to_csv(index=False))
         write_json(out / "metrics.json", self.summary(), device=self.device)
         return out
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def build_model(data: TaskData, config: TrainConfig, device: torch.device) -> SharedBottomNeuMF:
@@ -149,145 +182,165 @@ def _diagnostics_frame(samples: list[dict[str, torch.Tensor]], names: list[str],
     return pd.DataFrame(rows)
 
 
-def _state(model, optimizers, balancer, gen, epoch, history, best, diag) -> dict[str, Any]:
-    return {"epoch": epoch, "model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
-            "balancer": balancer.state_dict(), "sampler_rng": gen.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "history": history, "best": best, "diagnostics": diag}
+def make_balancer(config: TrainConfig) -> Any:
+    kwargs = dict(config.balancer_kwargs)
+    if "seed" in _balancers.accepted_kwargs(config.balancer):  # PCGrad's task order follows the run's seed
+        kwargs.setdefault("seed", config.seed)
+    return _balancers.make(config.balancer, **kwargs)
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # atomic: an interrupted save never leaves a truncated checkpoint
-    return path
+class _FiniteGuard:
+    """Per-step losses not yet checked for NaN / inf; checked in blocks to spare host syncs on CUDA."""
+
+    def __init__(self, every: int, tasks: tuple[str, ...], checkpoint_dir: str | Path | None) -> None:
+        self.every, self.tasks, self.checkpoint_dir = every, tasks, checkpoint_dir
+        self.pending: list[torch.Tensor] = []
+
+    def add(self, losses: torch.Tensor, step: int, epoch: int, run: RunState) -> None:
+        self.pending.append(losses)
+        if len(self.pending) >= self.every:
+            self.flush(step - len(self.pending) + 1, epoch, run)
+
+    def flush(self, first_step: int, epoch: int, run: RunState) -> None:
+        if not self.pending:
+            return
+        try:
+            _check_finite(self.pending, first_step, epoch, self.tasks)
+        except NonFiniteLossError:
+            if self.checkpoint_dir is not None:  # the state before the epoch's steps is not kept: save this one
+                run.save(Path(self.checkpoint_dir) / "nonfinite.pt", resumable=False)
+            raise
+        self.pending.clear()
+
+
+def _train_epoch(run: RunState, data: TaskData, engine: GradEngine, config: TrainConfig, guard: _FiniteGuard,
+                 step: int, epoch: int, amp: bool) -> tuple[int, torch.Tensor]:
+    """One epoch of steps; returns the global step count after it and the (K,) summed per-task losses."""
+    device = data.device
+    balancer = run.balancer
+    uses_losses = bool(getattr(balancer, "uses_losses", False))
+    fast_vanilla = config.balancer == "vanilla" and not uses_losses
+    run.model.train()
+    loss_sum = torch.zeros(len(data.tasks), device=device)
+    for users, items, labels in data.batches(config.batch_size, run.sampler, num_neg=config.num_neg):
+        want_diag = config.diagnostics_every > 0 and step % config.diagnostics_every == 0
+        per_task = want_diag or not fast_vanilla  # vanilla without diagnostics: one summed backward
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            if per_task:
+                tg = engine(users, items, labels)
+                losses = tg.losses
+            else:
+                losses = engine.backward_sum(users, items, labels)
+        losses = losses.detach()
+        guard.add(losses, step, epoch, run)
+        if per_task:
+            # (K,) per-task mean losses of this batch, target first, for balancers that weigh by loss
+            combined = balancer(tg.shared, losses=losses) if uses_losses else balancer(tg.shared)
+            engine.write(tg, combined)
+            if want_diag:
+                run.diagnostics.append(_diagnostic_rows(step, epoch, tg, getattr(balancer, "last_weights", None)))
+        for opt in run.optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        loss_sum += losses.float()
+        step += 1
+    guard.flush(step - len(guard.pending), epoch, run)
+    return step, loss_sum
 
 
 def fit(data: TaskData, config: TrainConfig | None = None, *, checkpoint_dir: str | Path | None = None,
-        resume: str | Path | None = None) -> FitResult:
+        resume: str | Path | None = None, overwrite: bool = False,
+        on_epoch: Callable[[int, int], None] | None = None) -> FitResult:
     """Train with `config.balancer`, evaluate on validation every epoch, return the best epoch's metrics.
 
-    `checkpoint_dir` receives `last.pt` after every epoch (and `nonfinite.pt` if a loss turns NaN);
-    `resume` continues from such a checkpoint and reproduces the uninterrupted run on CPU.
+    `checkpoint_dir` receives `last.pt` after every epoch (and `nonfinite.pt` if a loss turns NaN); a
+    folder that already holds a run is refused unless `resume` lies in it or `overwrite=True`. `resume`
+    continues from such a checkpoint and reproduces the uninterrupted run on CPU; it is refused when the
+    checkpoint's configuration (except `RESUMABLE_CHANGES`) or data fingerprint differ from this run's.
+    `on_epoch(epoch, epochs)` is called after every completed epoch (e.g. by a grid's progress bar).
     """
     config = config or TrainConfig()
+    cfg = dataclasses.asdict(config)
+    ckpt = load_checkpoint(resume) if resume is not None else None
+    if ckpt is not None:
+        check_resume(ckpt, cfg, None, resume)  # configuration first: no data work for a wrong checkpoint
+    if checkpoint_dir is not None:
+        claim_run_dir(checkpoint_dir, resume=resume, overwrite=overwrite)
     device = resolve_device(config.device)
     if data.device != device:
         data = data.to(device)
+    for split in ("valid", "test"):
+        if data.eval_users(split).numel() == 0:
+            raise ValueError(f"the {split} split holds no {data.target!r} pair, so no epoch can be evaluated; use a "
+                             "larger log, lower the filter thresholds or change the split fractions")
+    fingerprint = data_fingerprint(data)
+    changed = check_resume(ckpt, cfg, fingerprint, resume) if ckpt is not None else {}
+
     seed_everything(config.seed)
     model = build_model(data, config, device)
-    balancer_kwargs = dict(config.balancer_kwargs)
-    if "seed" in _balancers.accepted_kwargs(config.balancer):  # PCGrad's task order follows the run's seed
-        balancer_kwargs.setdefault("seed", config.seed)
-    balancer = _balancers.make(config.balancer, **balancer_kwargs)
+    run = RunState(config=cfg, fingerprint=fingerprint, model=model,
+                   optimizers=make_optimizers(model, config.mode, lr=config.lr, weight_decay=config.weight_decay),
+                   balancer=make_balancer(config), sampler=make_generator(config.seed, device))
+    if ckpt is not None:
+        run.restore(ckpt, resume)
+        run.resumes.append(resume_entry(ckpt, changed, resume))
     engine = GradEngine(model, mode=config.mode)
-    optimizers = make_optimizers(model, config.mode, lr=config.lr, weight_decay=config.weight_decay)
-    gen = make_generator(config.seed, device)
     names = list(model.shared_parameters())
-    fast_vanilla = config.balancer == "vanilla"
     amp = config.amp and device.type == "cuda"
-    check_every = config.nan_check_every or (1 if device.type == "cpu" else 50)
+    guard = _FiniteGuard(config.nan_check_every or (1 if device.type == "cpu" else 50), data.tasks, checkpoint_dir)
 
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"epoch": 0, "score": -math.inf, "valid": {}, "weights": None, "stale": 0}
-    diag: list[dict[str, torch.Tensor]] = []
-    start_epoch = 1
-    if resume is not None:
-        state = torch.load(resume, map_location=device, weights_only=False)
-        if not state.get("resumable", True):
-            raise ValueError(f"{resume} was saved when a loss turned non-finite, in the middle of an epoch; "
-                             f"resume from the last end-of-epoch checkpoint (last.pt) instead")
-        model.load_state_dict(state["model"])
-        for opt, s in zip(optimizers, state["optimizers"]):
-            opt.load_state_dict(s)
-        balancer.load_state_dict(state["balancer"])
-        gen.set_state(state["sampler_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        history, best, diag = state["history"], state["best"], state["diagnostics"]
-        start_epoch = state["epoch"] + 1
-
-    if config.patience is not None and best["stale"] >= config.patience:
+    start_epoch = run.epoch + 1
+    if config.patience is not None and run.best["stale"] >= config.patience:
         start_epoch = config.epochs + 1  # the checkpointed run had already stopped early
-    epochs = range(start_epoch, config.epochs + 1)
-    if config.progress:
-        from tqdm.auto import tqdm
-        epochs = tqdm(epochs, desc=str(balancer), initial=start_epoch - 1, total=config.epochs)
-    step = sum(h["steps"] for h in history)
-    train_seconds = sum(h["train_seconds"] for h in history)
-    def check_finite(first_step: int, epoch: int) -> None:
-        try:
-            _check_finite(pending, first_step, epoch, data.tasks)
-        except NonFiniteLossError:
+    bar = progress_bar(config.progress, desc=str(run.balancer), initial=start_epoch - 1, total=config.epochs,
+                       unit="epoch")
+    step = sum(h["steps"] for h in run.history)
+    train_seconds = sum(h["train_seconds"] for h in run.history)
+    try:
+        for epoch in range(start_epoch, config.epochs + 1):
+            t0 = time.perf_counter()
+            first = step
+            step, loss_sum = _train_epoch(run, data, engine, config, guard, step, epoch, amp)
+            end_epoch = getattr(run.balancer, "end_epoch", None)
+            if callable(end_epoch):
+                end_epoch()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t_train = time.perf_counter() - t0
+            train_seconds += t_train
+            t1 = time.perf_counter()
+            valid = evaluate(model, data, "valid", batch_users=config.eval_batch_users)
+            n_steps = step - first
+            row: dict[str, Any] = {"epoch": epoch, "steps": n_steps, "train_seconds": t_train,
+                                   "eval_seconds": time.perf_counter() - t1}
+            row.update({f"loss_{t}": v for t, v in zip(data.tasks, (loss_sum / max(n_steps, 1)).tolist())})
+            row.update({f"valid_{k}": v for k, v in valid.items()})
+            run.history.append(row)
+            run.epoch = epoch
+            score = valid[config.select_metric]
+            if score > run.best["score"]:
+                weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                run.best = {"epoch": epoch, "score": score, "valid": valid, "weights": weights, "stale": 0}
+            else:
+                run.best["stale"] += 1
             if checkpoint_dir is not None:
-                state = _state(model, optimizers, balancer, gen, epoch - 1, history, best, diag)
-                save_checkpoint(Path(checkpoint_dir) / "nonfinite.pt", {**state, "resumable": False})
-            raise
-        pending.clear()
+                run.save(Path(checkpoint_dir) / "last.pt")
+            if bar is not None:
+                bar.update(1)
+            if on_epoch is not None:
+                on_epoch(epoch, config.epochs)
+            if config.patience is not None and run.best["stale"] >= config.patience:
+                break
+    finally:
+        if bar is not None:
+            bar.close()
 
-    pending: list[torch.Tensor] = []  # per-step losses not yet checked for NaN / inf
-    for epoch in epochs:
-        model.train()
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros(len(data.tasks), device=device)
-        n_steps = 0
-        for users, items, labels in data.batches(config.batch_size, gen, num_neg=config.num_neg):
-            want_diag = config.diagnostics_every > 0 and step % config.diagnostics_every == 0
-            per_task = want_diag or not fast_vanilla  # vanilla without diagnostics: one summed backward
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                if per_task:
-                    tg = engine(users, items, labels)
-                    losses = tg.losses
-                else:
-                    losses = engine.backward_sum(users, items, labels)
-            pending.append(losses.detach())
-            if len(pending) >= check_every:
-                check_finite(step - len(pending) + 1, epoch)
-            if per_task:
-                combined = balancer(tg.shared)
-                engine.write(tg, combined)
-                if want_diag:
-                    diag.append(_diagnostic_rows(step, epoch, tg, getattr(balancer, "last_weights", None)))
-            for opt in optimizers:
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            loss_sum += losses.detach().float()
-            step += 1
-            n_steps += 1
-        if pending:
-            check_finite(step - len(pending), epoch)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t_train = time.perf_counter() - t0
-        train_seconds += t_train
-        t1 = time.perf_counter()
-        valid = evaluate(model, data, "valid", batch_users=config.eval_batch_users)
-        row: dict[str, Any] = {"epoch": epoch, "steps": n_steps, "train_seconds": t_train,
-                               "eval_seconds": time.perf_counter() - t1}
-        mean_loss = (loss_sum / max(n_steps, 1)).tolist()
-        row.update({f"loss_{t}": v for t, v in zip(data.tasks, mean_loss)})
-        row.update({f"valid_{k}": v for k, v in valid.items()})
-        history.append(row)
-        score = valid[config.select_metric]
-        if score > best["score"]:
-            weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            best = {"epoch": epoch, "score": score, "valid": valid, "weights": weights, "stale": 0}
-        else:
-            best["stale"] += 1
-        if checkpoint_dir is not None:
-            save_checkpoint(Path(checkpoint_dir) / "last.pt",
-                            _state(model, optimizers, balancer, gen, epoch, history, best, diag))
-        if config.patience is not None and best["stale"] >= config.patience:
-            break
-
+    best = run.best
     if best["weights"] is not None:
         model.load_state_dict(best["weights"])
     test = evaluate(model, data, "test", batch_users=config.eval_batch_users)
-    return FitResult(history=pd.DataFrame(history), best_epoch=best["epoch"], valid=best["valid"], test=test,
-                     diagnostics=_diagnostics_frame(diag, names, data.tasks) if config.diagnostics_every else None,
+    return FitResult(history=pd.DataFrame(run.history), best_epoch=best["epoch"], valid=best["valid"], test=test,
+                     diagnostics=(_diagnostics_frame(run.diagnostics, names, data.tasks)
+                                  if config.diagnostics_every else None),
                      config=config, device=str(device), train_seconds=train_seconds, model=model,
-                     label=str(balancer))
+                     label=str(run.balancer), fingerprint=fingerprint, resumes=run.resumes, code=run.code)

@@ -13,7 +13,7 @@ import torch
 from mbkit.data import (BEHAVIORS, COLUMNS, DEFAULT_FILTER_MODE, STATS_COLUMNS, WINDOW, build_task_data,
                         check_no_leakage, filter_log, load_filtered, log_stats, raw_behavior_counts,
                         read_userbehavior, sample_summary, synthesize, table1_comparison, thesis_stats,
-                        write_userbehavior)
+                        write_userbehavior, LeakageError)
 from mbkit.utils import make_generator
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -234,8 +234,14 @@ def _distinct_counts(log: pd.DataFrame, target: str = "buy") -> tuple[pd.Series,
     return pairs.groupby("user_id").size(), pairs.groupby("item_id").size()
 
 
-def test_default_filter_mode_is_documented_once():
+def test_default_filter_is_the_single_pass_not_the_kcore():
+    # u1 has 2 purchases in the input but only 1 among surviving items: "once" keeps it, "kcore" drops it.
+    log = _log([(1, 10, "buy"), (1, 11, "buy"), (2, 10, "buy"), (2, 12, "buy"), (3, 12, "buy"), (3, 10, "buy")])
     assert DEFAULT_FILTER_MODE == "once"
+    pd.testing.assert_frame_equal(filter_log(log, min_user_items=2, min_item_users=2),
+                                  filter_log(log, min_user_items=2, min_item_users=2, mode="once"))
+    assert 1 in filter_log(log, min_user_items=2, min_item_users=2)["user_id"].tolist()
+    assert 1 not in filter_log(log, min_user_items=2, min_item_users=2, mode="kcore")["user_id"].tolist()
 
 
 def test_filter_once_thresholds_hold_on_the_input(small_log, small_filtered):
@@ -300,10 +306,16 @@ def test_log_stats_counts(small_log):
     assert log_stats(small_log).index.tolist() == ["log"]
 
 
-def test_thesis_stats_frozen_values():
+def test_thesis_stats_table_and_comparison_layout(small_log, small_filtered):
     t = thesis_stats()
-    assert t.loc["raw"].tolist() == [987_994, 4_162_024, 2_015_839, 5_530_446, 89_716_264, 2_888_258]
+    assert list(t.columns) == list(STATS_COLUMNS) and list(t.index) == ["raw", "filtered"]
+    # The published numbers, in Table 1's column order (users, items, buy, cart, pv, fav).
     assert t.loc["filtered"].tolist() == [16_012, 24_608, 87_179, 51_985, 383_648, 19_039]
+    # The reason the default filter is a single pass: a 10-core would need >= 10 purchases per user.
+    assert t.loc["filtered", "buy"] < 10 * t.loc["filtered", "users"]
+    both = table1_comparison(log_stats({"raw": small_log, "filtered": small_filtered}))
+    assert list(both.index) == ["raw", "filtered", "thesis raw", "thesis filtered"]
+    assert both.loc["thesis raw"].tolist() == t.loc["raw"].tolist()
 
 
 @pytest.mark.parametrize("mode", ["once", "kcore"])
@@ -471,6 +483,94 @@ def test_check_no_leakage_detects_a_leak(small_filtered):
     u = int(data.eval_users("test")[0])
     leaked = data.test_csr.indices[data.test_csr.indptr[u]]
     data.users, data.items = torch.cat([data.users, torch.tensor([u])]), torch.cat([data.items, leaked[None]])
-    with pytest.raises(AssertionError, match="test buy pairs are training positives"):
+    with pytest.raises(LeakageError, match="test buy pairs are training positives"):
         check_no_leakage(data)
 
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inputs that must be refused (or counted) with a clear message
+
+
+def test_file_cut_mid_line_is_reported_as_such(tmp_path):
+    cut = tmp_path / "cut.csv"
+    cut.write_text(PUBLISHED_ROWS + "101,4554802,2993370,fav,15")  # the download stopped mid-timestamp
+    for read in (read_userbehavior, lambda p: load_filtered(p, min_user_items=1, min_item_users=1)):
+        with pytest.raises(ValueError, match=r"cut\.csv: the file is cut mid-line: its last line "
+                                             r"'101,4554802,2993370,fav,15' has no line end and has timestamp 15"):
+            read(cut)
+    short = tmp_path / "short.csv"
+    short.write_text(PUBLISHED_ROWS + "101,45548")
+    with pytest.raises(ValueError, match="cut mid-line.*has 2 of the 5 fields.*get it again"):
+        read_userbehavior(short)
+    complete = tmp_path / "no_final_newline.csv"
+    complete.write_text(PUBLISHED_ROWS.rstrip("\n"))  # a well-formed last row without a newline is fine
+    assert len(read_userbehavior(complete)) == 8
+
+
+def test_rows_outside_the_window_are_counted_not_refused(tmp_path):
+    path = tmp_path / "window.csv"
+    path.write_text(PUBLISHED_ROWS + "1,2,3,pv,15\n1,2,3,buy,1600000000\n")
+    log = read_userbehavior(path)
+    assert len(log) == 10 and log.attrs["out_of_window_rows"] == 2
+    stats, _ = load_filtered(path, min_user_items=1, min_item_users=1)
+    assert stats.attrs["out_of_window_rows"] == 2 and stats.loc["raw", "pv"] == 6
+
+
+def test_corrupted_zip_is_a_clear_error(tmp_path):
+    good = tmp_path / "UserBehavior.zip"
+    with zipfile.ZipFile(good, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("UserBehavior.csv", PUBLISHED_ROWS * 200)
+    raw = good.read_bytes()
+    truncated, garbage = tmp_path / "truncated.zip", tmp_path / "garbage.zip"
+    truncated.write_bytes(raw[: len(raw) // 2])
+    garbage.write_bytes(b"not a zip at all" * 10)
+    for path in (truncated, garbage):
+        with pytest.raises(ValueError, match=rf"{path.name}: not a readable zip archive .*download it again"):
+            read_userbehavior(path)
+
+
+@pytest.mark.parametrize("kw", [dict(min_user_items=-1), dict(min_item_users=-3), dict(min_user_items=2.5)])
+def test_negative_or_fractional_thresholds_are_refused(small_log, tmp_path, kw):
+    with pytest.raises(ValueError, match=rf"{next(iter(kw))}=.* must be a non-negative integer"):
+        filter_log(small_log, **kw)
+    with pytest.raises(ValueError, match="must be a non-negative integer"):
+        load_filtered(tmp_path / "never_read.csv", **kw)  # refused before the file is looked at
+
+
+def test_nan_ids_are_refused(small_filtered):
+    log = small_filtered.astype({"user_id": "float64"})
+    log.loc[5, "user_id"] = np.nan
+    with pytest.raises(ValueError, match=r"1 row\(s\) of the log have no user_id \(NaN\), first at row 5"):
+        build_task_data(log, device="cpu")
+    log = small_filtered.astype({"item_id": "float64"})
+    log.loc[7, "item_id"] = 1.5
+    with pytest.raises(ValueError, match="item_id must hold integer ids; row 7 has 1.5"):
+        build_task_data(log, device="cpu")
+
+
+def test_task_data_records_where_it_came_from(small_filtered, tmp_path):
+    data = build_task_data(small_filtered, seed=4, device="cpu")
+    assert data.meta == {"source": None, "filter": {"target": "buy", **LOW, "mode": "once"}, "split_seed": 4,
+                         "fractions": [0.7, 0.15, 0.15]}
+    path = tmp_path / "UserBehavior.csv"
+    synthesize(**SMALL, seed=0, path=path)
+    _, filtered = load_filtered(path, **LOW)
+    assert build_task_data(filtered, device="cpu").meta["source"] == str(path)
+    assert data.to("cpu").meta == data.meta
+
+
+def test_leakage_check_survives_python_O(tmp_path):
+    import subprocess
+    import sys
+
+    script = (
+        "import torch; from mbkit.data import synthesize, filter_log, build_task_data, check_no_leakage, LeakageError\n"
+        "d = build_task_data(filter_log(synthesize(n_users=2000, n_items=1000), min_user_items=3, min_item_users=3),"
+        " device='cpu')\n"
+        "u = int(d.eval_users('test')[0]); i = d.test_csr.indices[d.test_csr.indptr[u]]\n"
+        "d.users, d.items = torch.cat([d.users, torch.tensor([u])]), torch.cat([d.items, i[None]])\n"
+        "try:\n    check_no_leakage(d)\nexcept LeakageError as e:\n    print('raised:', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-O", "-c", script], capture_output=True, text=True, timeout=300)
+    assert "raised: 1 test buy pairs are training positives" in out.stdout, out.stderr[-2000:]

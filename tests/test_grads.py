@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mbkit.grads import GradEngine, RowAdam, TaskGrads, _sorted_rows, grad_stats, make_optimizers
+from mbkit.grads import GradEngine, TaskGrads, _sorted_rows, grad_stats
+from mbkit.optim import RowAdam, make_optimizers
 from mbkit.model import ModelConfig, SharedBottomNeuMF
 
 N_USERS, N_ITEMS, K, B = 13, 17, 3, 48

@@ -294,6 +294,12 @@ def test_evaluate_rejects_bad_split_nan_scores_and_warns_on_overlap() -> None:
         with torch.no_grad():
             model.table[2, 5] = float("nan")
         evaluate(model, data, "valid")
+    for bad in (float("inf"), float("-inf")):
+        model, data, _ = stub(3)
+        with torch.no_grad():
+            model.table[2, 5] = bad
+        with pytest.raises(ValueError, match="NaN or infinite scores on split 'valid'"):
+            evaluate(model, data, "valid")
     model, data, _ = stub(3)
     with pytest.warns(UserWarning, match="also training items"):  # users 3 and 7 (see random_problem)
         evaluate(model, data, "valid")

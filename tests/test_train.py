@@ -57,7 +57,7 @@ def test_nonfinite_loss_names_step_and_task_and_saves_checkpoint(tmp_path, task_
     bad.labels[:, 2] = float("nan")  # the third task's labels are corrupt
     with pytest.raises(NonFiniteLossError, match=rf"task '{task_data.tasks[2]}'.*step 0 \(epoch 1"):
         fit(bad, dataclasses.replace(CFG, balancer="metabalance"), checkpoint_dir=tmp_path)
-    state = torch.load(tmp_path / "nonfinite.pt", weights_only=False)
+    state = torch.load(tmp_path / "nonfinite.pt", weights_only=True)
     assert state["epoch"] == 0 and "model" in state and "balancer" in state
     assert all(torch.isfinite(p).all() for p in state["model"].values())  # the bad step was not applied
 
@@ -124,12 +124,14 @@ def test_patience_stops_at_the_first_non_improving_epoch(task_data):
 def test_pcgrad_order_follows_the_run_seed(task_data, monkeypatch):
     import mbkit.train as train_module
 
+    configs = [dataclasses.replace(CFG, epochs=1, balancer="metabalance+pcgrad", seed=7,
+                                   balancer_kwargs={"relax_factor": 0.5}),
+               dataclasses.replace(CFG, epochs=1, balancer="metabalance", seed=7)]
     seen = []
     real_make = train_module._balancers.make
     monkeypatch.setattr(train_module._balancers, "make", lambda name, **kw: seen.append(kw) or real_make(name, **kw))
-    fit(task_data, dataclasses.replace(CFG, epochs=1, balancer="metabalance+pcgrad", seed=7,
-                                       balancer_kwargs={"relax_factor": 0.5}))
-    fit(task_data, dataclasses.replace(CFG, epochs=1, balancer="metabalance", seed=7))
+    for cfg in configs:
+        fit(task_data, cfg)
     assert seen == [{"relax_factor": 0.5, "seed": 7}, {}]
 
 
@@ -140,13 +142,20 @@ def test_nonfinite_checkpoint_is_not_resumable(tmp_path, task_data):
         fit(bad, CFG, checkpoint_dir=tmp_path)
     with pytest.raises(ValueError, match="last.pt"):
         fit(task_data, CFG, resume=tmp_path / "nonfinite.pt")
+    assert not (tmp_path / "last.pt").exists()
 
 
-def test_config_rejects_unknown_metric_and_zero_patience():
-    with pytest.raises(ValueError, match="select_metric"):
-        TrainConfig(select_metric="auc")
-    with pytest.raises(ValueError, match="patience"):
-        TrainConfig(patience=0)
+@pytest.mark.parametrize("kw,needle", [
+    (dict(select_metric="auc"), "select_metric"), (dict(patience=0), "patience=0"),
+    (dict(num_neg=-1), "num_neg=-1 must be >= 0"), (dict(seed=-1), "seed=-1"), (dict(lr=0.0), "lr=0.0 must be > 0"),
+    (dict(balancer="nosuch"), "unknown balancer 'nosuch'"), (dict(progress="bar"), "progress='bar'"),
+    (dict(balancer="pcgrad", balancer_kwargs={"relax_factor": 0.7}), "does not take ['relax_factor']"),
+    (dict(eval_batch_users=0), "eval_batch_users=0"), (dict(dropout=1.0), "dropout=1.0"),
+])
+def test_config_rejects_bad_settings_before_any_data(kw, needle):
+    with pytest.raises(ValueError) as err:
+        TrainConfig(**kw)
+    assert needle in str(err.value)
 
 
 def test_resuming_an_early_stopped_run_trains_no_further(tmp_path, task_data):
@@ -155,3 +164,63 @@ def test_resuming_an_early_stopped_run_trains_no_further(tmp_path, task_data):
     resumed = fit(task_data, cfg, resume=tmp_path / "last.pt")
     assert len(stopped.history) < 5 and len(resumed.history) == len(stopped.history)
     assert resumed.test == stopped.test
+
+
+class _LossAware:
+    """A balancer of the loss-based kind: `uses_losses`, `end_epoch()` and state that counts both."""
+
+    uses_losses = True
+
+    def __init__(self) -> None:
+        from mbkit.balancers import Vanilla
+
+        self.inner, self.calls, self.epochs, self.seen = Vanilla(), 0, 0, []
+        self.last_weights = None
+
+    def __call__(self, grads, losses=None):
+        assert losses is not None and losses.dim() == 1 and not losses.requires_grad
+        self.calls += 1
+        self.seen.append(losses.clone())
+        return self.inner(grads)
+
+    def end_epoch(self) -> None:
+        self.epochs += 1
+
+    def state_dict(self):
+        return {"calls": self.calls, "epochs": self.epochs}
+
+    def load_state_dict(self, state) -> None:
+        self.calls, self.epochs = state["calls"], state["epochs"]
+
+    def __str__(self) -> str:
+        return "LossAware"
+
+
+def test_loss_based_balancers_get_losses_and_end_epoch(task_data, tmp_path, monkeypatch):
+    from mbkit import balancers
+
+    made = []
+    monkeypatch.setitem(balancers.REGISTRY, "lossaware", lambda: made.append(_LossAware()) or made[-1])
+    cfg = dataclasses.replace(CFG, balancer="lossaware")
+    res = fit(task_data, cfg, checkpoint_dir=tmp_path)
+    bal = made[-1]
+    steps = int(res.history["steps"].sum())
+    assert bal.calls == steps and bal.epochs == 2
+    assert all(t.shape == (len(task_data.tasks),) for t in bal.seen)
+    mean_losses = torch.stack(bal.seen[: int(res.history["steps"][0])]).mean(0)  # epoch 1's per-task means
+    first = [res.history.loc[0, f"loss_{t}"] for t in task_data.tasks]
+    assert torch.allclose(mean_losses, torch.tensor(first, dtype=mean_losses.dtype), atol=1e-5)
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["balancer"] == {"calls": steps, "epochs": 2}
+    # resumed: the balancer state comes back, end_epoch runs once more, the run equals an uninterrupted one
+    three = dataclasses.replace(cfg, epochs=3)
+    resumed = fit(task_data, three, resume=tmp_path / "last.pt")
+    resumed_bal = made[-1]
+    full = fit(task_data, three)
+    assert resumed_bal.epochs == made[-1].epochs == 3 and resumed_bal.calls == made[-1].calls
+    assert resumed.test == full.test
+
+
+def test_progress_goes_to_stderr_never_stdout(task_data, capsys):
+    fit(task_data, dataclasses.replace(CFG, epochs=1, progress="text"))
+    out, err = capsys.readouterr()
+    assert out == "" and "1/1" in err and "epoch" in err

@@ -1,0 +1,153 @@
+"""The command line: every error is one line that says what is wrong and what to do, and whatever can be
+checked without the data is checked before the log is read."""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+
+import pytest
+import torch
+
+import mbkit.data
+from mbkit.__main__ import _message, main
+
+TRAIN = ["train", "--data", "synthetic", "--epochs", "1", "--device", "cpu", "--no-progress", "--batch-size", "4096",
+         "--balancer", "metabalance", "--relax-factor", "0.7"]
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err.strip()
+
+
+def _one_line(err: str) -> None:
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+
+
+@pytest.fixture()
+def no_data_read(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the log was read before the arguments were checked")
+
+    monkeypatch.setattr(mbkit.data, "load_filtered", refuse)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "mb"
+    assert main([*TRAIN, "--out", str(out)]) == 0
+    return out
+
+
+def _bad_resume_files(tmp_path):
+    files = {"empty.pt": b"", "random.pt": os.urandom(2048), "record.json": json.dumps({"model": 1}).encode()}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    torch.save([1, 2], tmp_path / "list.pt")
+    (tmp_path / "folder").mkdir()
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--balancer", "nosuch"], "unknown balancer 'nosuch'"),
+    (["--num-neg", "-1"], "num_neg=-1 must be >= 0"),
+    (["--relax-factor", "1.5"], "relax_factor"),
+    (["--patience", "0"], "patience=0 must be >= 1"),
+    (["--device", "tpu9"], "--device 'tpu9' is not a device"),
+    (["--min-user-items", "-2"], "--min-user-items -2 must be >= 0"),
+    (["--split-seed", "-1"], "--split-seed -1 must be >= 0"),
+    (["--target", "click"], "--target 'click' is not a behavior"),
+    (["--data", "/nonexistent/UserBehavior.csv"], "no such file"),
+    (["--data", "{tmp}"], "is a folder; pass the UserBehavior.csv file inside it"),
+    (["--out", "{tmp}/file.txt"], "file.txt is a file, not a folder"),
+    (["--out", "{tmp}/run"], "already holds a run (metrics.json); resume it"),
+    (["--resume", "{tmp}/empty.pt"], "is an empty file"),
+    (["--resume", "{tmp}/random.pt"], "is not a readable mbkit checkpoint"),
+    (["--resume", "{tmp}/record.json"], "is not a readable mbkit checkpoint"),
+    (["--resume", "{tmp}/list.pt"], "holds a list, not an mbkit checkpoint"),
+    (["--resume", "{tmp}/folder"], "is a folder; pass the checkpoint file inside it"),
+    (["--resume", "{tmp}/nope.pt"], "no such file"),
+])
+def test_train_errors_are_one_line_and_precede_reading_the_log(tmp_path, capsys, no_data_read, extra, needle):
+    _bad_resume_files(tmp_path)
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text("{}")
+    code, out, err = _run([*TRAIN, "--out", str(tmp_path / "out"), *[a.format(tmp=tmp_path) for a in extra]],
+                          capsys)
+    assert code == 2 and out == ""
+    _one_line(err)
+    assert err.startswith("mbkit: error: ") and needle in err
+
+
+def test_resume_from_the_command_line(trained, capsys, no_data_read):
+    last = str(trained / "last.pt")
+    code, _, err = _run([*TRAIN[:-1], "0.5", "--resume", last], capsys)  # another relax factor
+    assert code == 2 and "it was trained with balancer_kwargs={'relax_factor': 0.7}" in err
+    _one_line(err)
+    code, _, err = _run([*TRAIN, "--out", str(trained)], capsys)  # a new run onto the finished one
+    assert code == 2 and "already holds a run (last.pt, metrics.json, history.csv)" in err and "--overwrite" in err
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_can_start(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text("{}")
+    code, _, err = _run([*TRAIN, "--out", str(run), "--overwrite", "--data", str(tmp_path / "missing.csv")], capsys)
+    assert code == 2 and "no such file" in err and (run / "metrics.json").exists()
+
+
+def test_resume_on_another_split_is_refused_after_reading_the_data(trained, capsys):
+    code, _, err = _run([*TRAIN, "--split-seed", "5", "--resume", str(trained / "last.pt")], capsys)
+    assert code == 2 and "trained on other data (split_seed=0 there, 5 here)" in err
+    _one_line(err)
+
+
+def test_resume_with_more_epochs_continues_in_the_checkpoint_folder(trained, capsys):
+    code, out, _ = _run([*TRAIN[:4], "2", *TRAIN[5:], "--resume", str(trained / "last.pt")], capsys)
+    assert code == 0 and json.loads(out.splitlines()[-1])["out"] == str(trained)
+    record = json.loads((trained / "metrics.json").read_text())
+    assert record["config"]["epochs"] == 2 and [r["from_epoch"] for r in record["resumes"]] == [1]
+    assert record["resumes"][0]["changed"] == {"epochs": [1, 2]} and record["data"]["source"] == "synthetic"
+
+
+def test_data_command_errors(tmp_path, capsys):
+    cut = tmp_path / "cut.csv"
+    cut.write_text("1,2268318,2520377,pv,1511544070\n1,2333346,2520771,pv,15")
+    code, _, err = _run(["data", "--data", str(cut)], capsys)
+    assert code == 2 and "the file is cut mid-line" in err
+    _one_line(err)
+    bad_zip = tmp_path / "UserBehavior.zip"
+    with zipfile.ZipFile(bad_zip, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("UserBehavior.csv", "1,2268318,2520377,pv,1511544070\n" * 5000)
+    bad_zip.write_bytes(bad_zip.read_bytes()[:300])
+    code, _, err = _run(["data", "--data", str(bad_zip)], capsys)
+    assert code == 2 and "not a readable zip archive" in err
+    _one_line(err)
+    code, _, err = _run(["data", "--min-item-users", "-1"], capsys)
+    assert code == 2 and "--min-item-users -1 must be >= 0" in err
+
+
+def test_messages_name_the_problem_not_a_key_or_an_errno():
+    assert _message(FileNotFoundError(2, "No such file or directory", "runs/x")) == \
+        "runs/x: No such file or directory; check the path and its permissions"
+    assert "'model'" in _message(KeyError("model")) and _message(KeyError("model")) != "model"
+    assert _message(ValueError("plain")) == "plain"
+
+
+def test_balancer_args_reach_the_balancer_and_bad_ones_fail_first(tmp_path, capsys, no_data_read):
+    from mbkit.__main__ import _balancer_args
+
+    assert _balancer_args(["c=0.5", "granularity=flat", "seed=3"]) == {"c": 0.5, "granularity": "flat", "seed": 3}
+    code, _, err = _run(["train", "--balancer", "cagrad", "--balancer-arg", "c", "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "expected NAME=VALUE" in err
+    _one_line(err)
+    code, _, err = _run(["train", "--balancer", "cagrad", "--balancer-arg", "relax_factor=0.7",
+                         "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "relax_factor" in err
+    _one_line(err)

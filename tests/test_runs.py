@@ -1,0 +1,302 @@
+"""Runs that cannot lie: identity of a run, refused resumes, output folders, checkpoint files, grids."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import pandas as pd
+import pytest
+import torch
+
+from mbkit import data as mbd
+from mbkit.experiments import Method, run_grid, run_name
+from mbkit.record import write_json
+from mbkit.runstate import RESUMABLE_CHANGES, SCHEMA, CheckpointError, RunDirError, claim_run_dir, load_checkpoint
+from mbkit.train import TrainConfig, fit
+
+SMALL = dict(n_users=3000, n_items=1000, seed=3)
+CFG = TrainConfig(epochs=2, batch_size=512, emb_dim=8, mlp_layers=(8, 4), tower_layers=(8,), device="cpu",
+                  progress=False, balancer="metabalance", balancer_kwargs={"relax_factor": 0.7})
+
+
+@pytest.fixture(scope="module")
+def filtered() -> pd.DataFrame:
+    return mbd.filter_log(mbd.synthesize(**SMALL), min_user_items=5, min_item_users=5)
+
+
+@pytest.fixture(scope="module")
+def task_data(filtered) -> mbd.TaskData:
+    return mbd.build_task_data(filtered, seed=0, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory, task_data):
+    """A run interrupted after its first epoch (of CFG's two): its folder holds last.pt only."""
+    folder = tmp_path_factory.mktemp("run")
+    fit(task_data, dataclasses.replace(CFG, epochs=1), checkpoint_dir=folder)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------------
+# What a run records
+
+
+def test_checkpoint_and_record_carry_config_data_and_code(tmp_path, task_data):
+    res = fit(task_data, dataclasses.replace(CFG, epochs=1), checkpoint_dir=tmp_path)
+    res.save(tmp_path)
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)  # no pickled code needed to read it
+    assert ckpt["schema"] == SCHEMA and ckpt["epoch"] == 1 and ckpt["resumes"] == []
+    assert ckpt["config"]["balancer_kwargs"] == {"relax_factor": 0.7} and ckpt["config"]["lr"] == CFG.lr
+    fp = ckpt["fingerprint"]
+    assert fp["split_seed"] == 0 and fp["filter"] == {"target": "buy", "min_user_items": 5, "min_item_users": 5,
+                                                      "mode": "once"}
+    assert fp["valid_pairs"] == task_data.valid_csr.indices.numel() and len(fp["sha256"]) == 64
+    assert set(ckpt["code"]) == {"mbkit", "git_commit"}
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["config"]["balancer"] == "metabalance" and record["data"] == fp and record["resumes"] == []
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_fingerprint_tells_splits_and_filters_apart(filtered, task_data):
+    from mbkit.runstate import data_fingerprint
+
+    base = data_fingerprint(task_data)
+    assert data_fingerprint(mbd.build_task_data(filtered, seed=0, device="cpu")) == base
+    other_split = data_fingerprint(mbd.build_task_data(filtered, seed=5, device="cpu"))
+    assert other_split["split_seed"] == 5 and other_split["sha256"] != base["sha256"]
+    refiltered = mbd.filter_log(filtered, min_user_items=6, min_item_users=5)
+    assert data_fingerprint(mbd.build_task_data(refiltered, seed=0, device="cpu"))["filter"]["min_user_items"] == 6
+
+
+# ---------------------------------------------------------------------------------------------------
+# Resume: allowed changes and refused mismatches
+
+
+@pytest.mark.parametrize("change,needle", [
+    (dict(balancer_kwargs={"relax_factor": 0.5}), "balancer_kwargs={'relax_factor': 0.7}"),
+    (dict(lr=0.01), "lr=0.001"),
+    (dict(seed=1), "seed=0"),
+    (dict(balancer="pcgrad", balancer_kwargs={}), "balancer='metabalance'"),
+    (dict(mode="dense"), "mode='compact'"),
+    (dict(num_neg=2), "num_neg=4"),
+    (dict(batch_size=256), "batch_size=512"),
+])
+def test_resume_refuses_another_configuration(one_epoch, task_data, change, needle):
+    with pytest.raises(CheckpointError, match=rf"cannot resume .*last.pt: it was trained with {needle}.*"
+                                              "start a new run in another folder"):
+        fit(task_data, dataclasses.replace(CFG, **change), resume=one_epoch / "last.pt")
+
+
+def test_resume_refuses_other_data(one_epoch, filtered):
+    other_split = mbd.build_task_data(filtered, seed=5, device="cpu")
+    with pytest.raises(CheckpointError, match=r"trained on other data \(split_seed=0 there, 5 here\)"):
+        fit(other_split, CFG, resume=one_epoch / "last.pt")
+    other_filter = mbd.build_task_data(mbd.filter_log(filtered, min_user_items=6, min_item_users=5), device="cpu")
+    with pytest.raises(CheckpointError, match=r"other data \(filter="):
+        fit(other_filter, CFG, resume=one_epoch / "last.pt")
+    same_sizes = dataclasses.replace(mbd.build_task_data(filtered, seed=0, device="cpu"))
+    same_sizes.labels = same_sizes.labels.flip(0)  # same meta and sizes, other training labels
+    with pytest.raises(CheckpointError, match="its held-out and training pairs differ"):
+        fit(same_sizes, CFG, resume=one_epoch / "last.pt")
+
+
+def test_resume_with_allowed_changes_is_recorded(one_epoch, task_data, tmp_path):
+    assert {"epochs", "patience", "progress"} <= RESUMABLE_CHANGES
+    res = fit(task_data, dataclasses.replace(CFG, epochs=3, patience=5), resume=one_epoch / "last.pt",
+              checkpoint_dir=tmp_path)
+    assert list(res.history["epoch"]) == [1, 2, 3]
+    (entry,) = res.resumes
+    assert entry["from_epoch"] == 1 and entry["changed"] == {"epochs": [1, 3], "patience": [None, 5]}
+    assert load_checkpoint(tmp_path / "last.pt")["resumes"] == res.resumes
+    with pytest.raises(CheckpointError, match="it has trained 3 epochs, more than the epochs=2 asked for"):
+        fit(task_data, CFG, resume=tmp_path / "last.pt")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoint files that are not checkpoints
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.parametrize("kind,needle", [
+    ("empty", "is an empty file"),
+    ("random", "is not a readable mbkit checkpoint"),
+    ("json", "is not a readable mbkit checkpoint"),
+    ("list", "holds a list, not an mbkit checkpoint"),
+    ("folder", "is a folder; pass the checkpoint file inside it"),
+    ("missing", "no such file"),
+    ("old", "has checkpoint schema 'none: saved by an mbkit older than run fingerprints"),
+    ("pickle", "is not a readable mbkit checkpoint"),
+    ("damaged", "lacks ['balancer', 'best'"),
+])
+def test_load_checkpoint_refuses_other_files(tmp_path, kind, needle):
+    path = tmp_path / "last.pt"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "random":
+        path.write_bytes(os.urandom(4096))
+    elif kind == "json":
+        path.write_text(json.dumps({"model": {}}))
+    elif kind == "list":
+        torch.save([1, 2, 3], path)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "old":
+        torch.save({"epoch": 1, "model": {}}, path)
+    elif kind == "pickle":
+        torch.save({"schema": SCHEMA, "x": _Evil()}, path)  # weights_only=True refuses to run it
+    elif kind == "damaged":
+        torch.save({"schema": SCHEMA, "config": {}}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert needle in str(err.value) and len(str(err.value).splitlines()) == 1
+
+
+def test_nonfinite_checkpoint_names_last_pt(tmp_path, task_data):
+    bad = dataclasses.replace(task_data, labels=task_data.labels.clone())
+    bad.labels[:, 1] = float("nan")
+    with pytest.raises(RuntimeError, match="loss of task"):
+        fit(bad, CFG, checkpoint_dir=tmp_path)
+    assert torch.load(tmp_path / "nonfinite.pt", weights_only=True)["resumable"] is False
+    with pytest.raises(CheckpointError, match=r"middle of an epoch; resume from the last end-of-epoch checkpoint"):
+        load_checkpoint(tmp_path / "nonfinite.pt")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Output folders
+
+
+def test_claim_run_dir_rules(tmp_path):
+    file = tmp_path / "file.txt"
+    file.write_text("x")
+    with pytest.raises(RunDirError, match=r"--out .*file.txt is a file, not a folder"):
+        claim_run_dir(file, flag="--out")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text("{}")
+    (run / "last.pt").write_bytes(b"x")
+    with pytest.raises(RunDirError, match=r"already holds a run \(last.pt, metrics.json\).*pass --overwrite"):
+        claim_run_dir(run, flag="--out")
+    assert claim_run_dir(run, resume=run / "last.pt") == run and (run / "metrics.json").exists()
+    claim_run_dir(run, overwrite=True, clear=False)  # a check only: nothing removed yet
+    assert (run / "metrics.json").exists()
+    claim_run_dir(run, overwrite=True)
+    assert not list(run.iterdir())
+    assert claim_run_dir(tmp_path / "new") == tmp_path / "new"
+
+
+def test_interrupted_overwrite_leaves_no_mixed_folder(tmp_path, task_data):
+    first = fit(task_data, dataclasses.replace(CFG, epochs=1), checkpoint_dir=tmp_path)
+    first.save(tmp_path)
+    with pytest.raises(RunDirError, match="already holds a run"):
+        fit(task_data, CFG, checkpoint_dir=tmp_path)
+
+    def interrupt(epoch: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(task_data, dataclasses.replace(CFG, balancer="pcgrad", balancer_kwargs={}), checkpoint_dir=tmp_path,
+            overwrite=True, on_epoch=interrupt)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # the old record went with the old run
+    assert load_checkpoint(tmp_path / "last.pt")["config"]["balancer"] == "pcgrad"
+
+
+def test_write_json_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "r.json"
+    write_json(path, {"a": 1})
+    before = path.read_text()
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("pathlib.Path.replace", fail)
+    monkeypatch.setattr("os.replace", fail)
+    with pytest.raises(OSError):
+        write_json(path, {"a": 2})
+    assert path.read_text() == before  # the old record is intact, never half-written
+
+
+def test_empty_validation_split_fails_before_training(filtered):
+    data = mbd.build_task_data(filtered, fractions=(0.85, 0.0, 0.15), device="cpu")
+    with pytest.raises(ValueError, match="the valid split holds no 'buy' pair, so no epoch can be evaluated"):
+        fit(data, CFG)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Grids
+
+
+METHODS = [Method("Vanilla", "vanilla"), Method("MetaBalance (r=0.7)", "metabalance", {"relax_factor": 0.7})]
+GRID_CFG = dataclasses.replace(CFG, balancer="vanilla", balancer_kwargs={})
+
+
+def _table(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs.drop(columns="train_seconds")
+
+
+def test_run_name_is_deterministic():
+    assert run_name(METHODS[1], 2) == "metabalance_relax_factor=0.7_seed2"
+    assert run_name(Method("x", "chain", {"balancers": ["metabalance", "pcgrad"]}), 0) == \
+        "chain_balancers=-metabalance-pcgrad-_seed0"
+
+
+def test_interrupted_grid_finishes_with_the_uninterrupted_table(tmp_path, task_data, capsys):
+    full = run_grid(task_data, METHODS, [0], GRID_CFG)  # the call the notebooks make, unchanged
+    assert list(full.columns[:5]) == ["method", "balancer", "seed", "best_epoch", "train_seconds"]
+
+    runs = tmp_path / "runs"
+    # "Killed" twice: once between runs (Vanilla finished and recorded), once inside MetaBalance's
+    # first epoch... simulated by a run of it that stopped after epoch 1 (its folder holds last.pt only).
+    run_grid(task_data, METHODS[:1], [0], GRID_CFG, runs_dir=runs)
+    fit(task_data, dataclasses.replace(GRID_CFG, epochs=1, balancer="metabalance",
+                                       balancer_kwargs={"relax_factor": 0.7}),
+        checkpoint_dir=runs / run_name(METHODS[1], 0))
+    capsys.readouterr()
+    again = run_grid(task_data, METHODS, [0], GRID_CFG, runs_dir=runs, progress="text")
+    pd.testing.assert_frame_equal(_table(again), _table(full))
+    out, err = capsys.readouterr()
+    assert out == "" and "run 2/2" in err and "MetaBalance (r=0.7), seed 0: epoch 2/2" in err
+    mb = json.loads((runs / run_name(METHODS[1], 0) / "metrics.json").read_text())
+    assert [r["from_epoch"] for r in mb["resumes"]] == [1]
+
+    # A third call trains nothing: every run is read from its record.
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    import mbkit.experiments as ex
+    real_fit, ex.fit = ex.fit, no_training
+    try:
+        pd.testing.assert_frame_equal(run_grid(task_data, METHODS, [0], GRID_CFG, runs_dir=runs), again)
+    finally:
+        ex.fit = real_fit
+
+
+def test_grid_refuses_a_runs_dir_of_other_settings(tmp_path, task_data):
+    runs = tmp_path / "runs"
+    run_grid(task_data, METHODS[:1], [0], dataclasses.replace(GRID_CFG, epochs=1), runs_dir=runs)
+    with pytest.raises(ValueError, match=r"holds a run with lr=0.001, this grid asks for lr=0.01; pass another "
+                                         "runs_dir"):
+        run_grid(task_data, METHODS[:1], [0], dataclasses.replace(GRID_CFG, epochs=1, lr=0.01), runs_dir=runs)
+    other = mbd.build_task_data(mbd.filter_log(mbd.synthesize(**SMALL), min_user_items=5, min_item_users=5),
+                                seed=1, device="cpu")
+    with pytest.raises(ValueError, match="trained on other data"):
+        run_grid(other, METHODS[:1], [0], dataclasses.replace(GRID_CFG, epochs=1), runs_dir=runs)
+
+
+def test_a_grid_refuses_to_reuse_a_record_of_other_code(tmp_path, monkeypatch, task_data):
+    import mbkit.experiments as ex
+    from mbkit.experiments import Method, run_grid
+
+    base = TrainConfig(epochs=1, batch_size=4096, device="cpu", progress=False)
+    methods = [Method("Vanilla", "vanilla")]
+    first = run_grid(task_data, methods, [0], base, runs_dir=tmp_path)
+    again = run_grid(task_data, methods, [0], base, runs_dir=tmp_path)  # same code: read back
+    assert again["test_ndcg@10"].tolist() == first["test_ndcg@10"].tolist()
+    monkeypatch.setattr(ex, "code_version", lambda: {"mbkit": "x", "git_commit": "0" * 40})
+    with pytest.raises(ValueError, match="trained by the code of commit"):
+        run_grid(task_data, methods, [0], base, runs_dir=tmp_path)
