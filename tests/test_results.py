@@ -1,29 +1,39 @@
-"""Numeric claims of the committed results (written by the notebooks), checked with tolerances.
+"""Claims about the results that the notebooks wrote in *this* test session.
 
-nbval compares the notebooks' printed, rounded output; these tests read the JSON/CSV records the
-notebooks wrote into results/ and check what the README and the notebooks claim about them.
+`make test` re-executes the notebooks under nbval with `$MBKIT_OUTPUT_ROOT` set (see conftest.py), so
+their records land in `$MBKIT_OUTPUT_ROOT/results`; conftest.py orders these tests after the notebooks.
+A code change that breaks a claim fails here. (Each notebook also compares its own numbers with the
+committed `results/` within the seed spread: see `mbkit.checks`.) Run on their own, without the
+notebooks, these tests are skipped with that reason.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-RESULTS = Path(__file__).resolve().parent.parent / "results"
+from mbkit.experiments import select_relax_factor
+
 METRICS = ("ndcg@10", "recall@10", "precision@10", "ndcg@20", "recall@20", "precision@20")
 
 
 def load(name: str) -> dict:
-    return json.loads((RESULTS / name).read_text())
+    path = Path(os.environ["MBKIT_OUTPUT_ROOT"]) / "results" / name
+    if not path.exists():
+        pytest.skip(f"{path} was not written in this session: run with the notebooks (`make test`)")
+    return json.loads(path.read_text())
 
 
-def test_every_record_has_provenance():
-    for path in sorted(RESULTS.glob("*.json")):
-        prov = json.loads(path.read_text())["provenance"]
-        assert {"git_commit", "torch", "device", "python"} <= set(prov), path.name
+def test_every_record_has_provenance_and_parameters():
+    for name in ("01_data_filtering.json", "02_gradient_imbalance.json", "03_relax_factor.json",
+                 "04_method_comparison.json"):
+        record = load(name)
+        assert {"git_commit", "torch", "device", "python"} <= set(record["provenance"]), name
+        assert record["params"]["data"], name
 
 
 def test_table1_filtered_log_is_a_dense_core_of_the_raw_log():
@@ -31,25 +41,37 @@ def test_table1_filtered_log_is_a_dense_core_of_the_raw_log():
     raw, filtered = table["raw"], table["filtered"]
     for col in ("users", "items", "buy", "cart", "pv", "fav"):
         assert 0 < filtered[col] < raw[col]
-    # purchases per user rise sharply: the filter keeps users with >= 10 distinct purchased items
-    assert filtered["buy"] / filtered["users"] > 5 * raw["buy"] / raw["users"]
-    # the funnel keeps its order after filtering, as in the real log
+    # the filter keeps users with >= 10 distinct purchased items: purchases per user rise sharply
+    assert filtered["buy"] / filtered["users"] >= 10 > raw["buy"] / raw["users"]
     assert filtered["pv"] > filtered["cart"] > filtered["fav"]
 
 
-def test_relax_factor_sweep_is_complete_and_the_choice_is_its_best_row():
+def test_metabalance_pulls_auxiliary_magnitudes_toward_the_target():
+    record = load("02_gradient_imbalance.json")
+    ratio = pd.DataFrame(record["median_ratio_vanilla"])
+    weight = pd.DataFrame(record["median_weight_metabalance"]).reindex_like(ratio)
+    # a task clearly larger than the target is scaled down, one clearly smaller is scaled up
+    assert (weight[ratio > 1.3] < 1).stack().all()
+    assert (weight[ratio < 0.77] > 1).stack().all()
+    assert (ratio > 1.3).to_numpy().any() and (ratio < 0.77).to_numpy().any()
+
+
+def test_relax_factor_choice_follows_the_documented_rule():
     record = load("03_relax_factor.json")
-    table = pd.DataFrame(record["table"])
-    assert set(table["relax_factor"]) >= {0.0, 0.3, 0.5, 0.7, 0.9}
+    table = pd.DataFrame(record["table"]).set_index(["strategy", "relax_factor"])
+    assert 0.0 in set(table.index.get_level_values(1)), "r = 0 must be shown as the reference row"
     assert (table["n_seeds"] == len(record["seeds"])).all() and len(record["seeds"]) >= 3
-    best = table.loc[table["ndcg@10_mean"].idxmax()]
-    assert record["chosen"]["relax_factor"] == best["relax_factor"]
+    chosen = record["chosen"]
+    assert chosen["relax_factor"] != 0.0
+    selection = select_relax_factor(table, chosen["metric"])
+    assert (selection.strategy, selection.relax_factor) == (chosen["strategy"], chosen["relax_factor"])
 
 
 def test_method_comparison_table_is_consistent():
     record = load("04_method_comparison.json")
     table = pd.DataFrame(record["table"]).set_index("method")
     assert len(table) == 6 and table.index[0] == "Vanilla"
+    assert f"MetaBalance (r={record['relax_factor']:g})" in table.index
     for m in METRICS:
         assert ((table[f"{m}_mean"] > 0) & (table[f"{m}_mean"] < 1)).all()
     assert (table["recall@20_mean"] >= table["recall@10_mean"]).all()
@@ -57,5 +79,5 @@ def test_method_comparison_table_is_consistent():
     for method in table.index:
         expected = 100 * (table.loc[method, "ndcg@10_mean"] / table.loc["Vanilla", "ndcg@10_mean"] - 1)
         assert rel.loc[method, "ndcg@10"] == pytest.approx(expected, abs=1e-9)
-    # every method learns far more than a random ranker (NDCG@10 of random ranking is about 0.01 here)
+    # every method learns far more than a random ranker (about 10 / n_items = 0.01 here)
     assert (table["ndcg@10_mean"] > 0.05).all()
