@@ -6,8 +6,9 @@ mean over seeds is compared with the committed mean within a band derived from t
 
     |mean_new - mean_committed| <= K_SE * s_pooled * sqrt(1/n_new + 1/n_committed) + FLOOR,
 
-where s_pooled is the root-mean-square seed standard deviation of that metric over every row of both
-tables (one row's std from three seeds is too noisy to set its own band). K_SE = 4 keeps the chance that
+where s_pooled is the root-mean-square seed standard deviation of that metric over every row of the
+committed table (one row's std from three seeds is too noisy to set its own band, and a regression that
+adds noise must not widen its own band). K_SE = 4 keeps the chance that
 an honest re-run fails any of a notebook's ~40 comparisons near a few percent (t with ~20 degrees of
 freedom); a regression that moves a metric by several seed standard deviations (a leaking split, a
 balancer that no longer trains) still fails, with the metric, both values and the band in the message.
@@ -76,9 +77,8 @@ def bands(new: pd.DataFrame, committed: pd.DataFrame, keys: list[str], metrics: 
             f"one side only; re-run the notebook with the committed parameters, or commit the new results")
     rows = []
     for m in metrics:
-        var = np.concatenate([merged[f"{m}_std_committed"].to_numpy(float) ** 2,
-                              merged[f"{m}_std_new"].to_numpy(float) ** 2])
-        pooled = math.sqrt(float(np.nanmean(var)))
+        # the committed spread only: a regression that also adds seed noise must not widen its own band
+        pooled = math.sqrt(float(np.nanmean(merged[f"{m}_std_committed"].to_numpy(float) ** 2)))
         for _, r in merged.iterrows():
             se = math.sqrt(1.0 / r["n_seeds_new"] + 1.0 / r["n_seeds_committed"])
             band = k_se * pooled * se + floor
@@ -90,6 +90,13 @@ def bands(new: pd.DataFrame, committed: pd.DataFrame, keys: list[str], metrics: 
 
 def relative_bands(new: pd.DataFrame, committed: pd.DataFrame, rel: float) -> pd.DataFrame:
     """Element-wise comparison of two tables of positive values within a relative band (|log ratio| <= rel)."""
+    rows_new, rows_old = set(new.index), set(committed.index)
+    cols_new, cols_old = set(new.columns), set(committed.columns)
+    if rows_new != rows_old or cols_new != cols_old:
+        raise ReproductionError(
+            f"the re-run's table has rows {sorted(map(str, rows_new))} and columns {sorted(map(str, cols_new))}, the "
+            f"committed one {sorted(map(str, rows_old))} and {sorted(map(str, cols_old))}; re-run with the committed "
+            "parameters, or commit the new results")
     new, committed = new.astype(float), committed.astype(float).reindex_like(new)
     rows = []
     for idx in new.index:

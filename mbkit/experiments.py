@@ -19,7 +19,7 @@ from scipy import stats
 from mbkit.data import TaskData
 from mbkit.progress import progress_bar
 from mbkit.record import read_json
-from mbkit.runstate import CheckpointError, code_version, config_differences, data_fingerprint
+from mbkit.runstate import CheckpointError, RunDirError, code_version, config_differences, data_fingerprint
 from mbkit.train import TrainConfig, fit
 
 METRICS: tuple[str, ...] = ("ndcg@10", "recall@10", "precision@10", "ndcg@20", "recall@20", "precision@20")
@@ -155,9 +155,9 @@ def _train_one(data: TaskData, m: Method, seed: int, cfg: TrainConfig, folder: P
     resume = folder / "last.pt" if folder is not None and (folder / "last.pt").is_file() else None
     try:
         res = fit(data, cfg, checkpoint_dir=folder, resume=resume, on_epoch=on_epoch)
-    except CheckpointError as e:
-        raise CheckpointError(f"{e} (grid run folder {folder}: pass another runs_dir, or delete the folder to "
-                              "retrain that run)") from None
+    except (CheckpointError, RunDirError) as e:
+        raise type(e)(f"{e} (grid run folder {folder}: pass another runs_dir, or delete the folder to "
+                      "retrain that run)") from None
     if folder is not None:
         res.save(folder)
     if on_run is not None:

@@ -25,14 +25,16 @@ CODE_PATHS = ("mbkit", "pyproject.toml", "constraints.txt", "requirements", "not
 
 
 def git_commit() -> str | None:
-    """HEAD's commit, suffixed `-dirty` when the code (`CODE_PATHS`) differs from it; None outside a checkout."""
+    """HEAD's commit; when the code (`CODE_PATHS`) differs from it, suffixed `-dirty-` and a hash of that
+    difference (two different edits never look alike); None outside a checkout."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
-                               cwd=ROOT, capture_output=True, text=True, check=True)
+        diff = subprocess.run(["git", "diff", "HEAD", "--", *CODE_PATHS], cwd=ROOT, capture_output=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return None
-    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    if not diff.stdout.strip():
+        return head.stdout.strip()
+    return f"{head.stdout.strip()}-dirty-{hashlib.sha256(diff.stdout).hexdigest()[:8]}"
 
 
 def provenance(device: Any = None) -> dict[str, Any]:

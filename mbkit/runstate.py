@@ -216,6 +216,20 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def stopping_epoch(scores: list[float], patience: int) -> int | None:
+    """The epoch (1-based) at which early stopping with `patience` ends a run with these validation
+    scores (the rule of `fit`: stop after `patience` epochs without a strictly better score), or None."""
+    best, stale = -math.inf, 0
+    for epoch, score in enumerate(scores, start=1):
+        if score > best:
+            best, stale = score, 0
+        else:
+            stale += 1
+        if stale >= patience:
+            return epoch
+    return None
+
+
 def check_resume(ckpt: dict[str, Any], config: dict[str, Any], fingerprint: dict[str, Any] | None,
                  source: str | Path) -> dict[str, tuple[Any, Any]]:
     """Refuse a checkpoint of another run; return the allowed changes ({setting: (saved, current)}).
@@ -230,6 +244,14 @@ def check_resume(ckpt: dict[str, Any], config: dict[str, Any], fingerprint: dict
         raise CheckpointError(f"cannot resume {source}: it was trained with {k}={old!r}, this run asks for "
                               f"{k}={new!r}{more}; use the checkpoint's settings, or start a new run in another "
                               "folder without --resume")
+    if "patience" in changed and config.get("patience") is not None:
+        stop = stopping_epoch([row[f"valid_{config['select_metric']}"] for row in ckpt["history"]],
+                              int(config["patience"]))
+        if stop is not None and stop < int(ckpt["epoch"]):
+            raise CheckpointError(f"cannot resume {source}: with patience={config['patience']} it would have stopped "
+                                  f"at epoch {stop}, but it trained on to epoch {ckpt['epoch']}; resume with its "
+                                  f"patience={ckpt['config'].get('patience')!r}, or start a new run in another "
+                                  "folder without --resume")
     if int(ckpt["epoch"]) > int(config["epochs"]):
         raise CheckpointError(f"cannot resume {source}: it has trained {ckpt['epoch']} epochs, more than the "
                               f"epochs={config['epochs']} asked for; ask for at least {ckpt['epoch']} epochs, or "

@@ -406,8 +406,9 @@ def test_compact_rows_equal_dense_table(name, kwargs):
         table[:, rows] = table_rows
         out_c = compact_bal([dense_part, table_rows])
         out_d = dense_bal([dense_part, table])
-        torch.testing.assert_close(out_c[0], out_d[0], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(out_c[1], out_d[1][rows], rtol=1e-5, atol=1e-6)
+        # float32 sums in another order (another host's kernels); gradients reach about 30
+        torch.testing.assert_close(out_c[0], out_d[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out_c[1], out_d[1][rows], rtol=1e-5, atol=1e-5)
         untouched = torch.ones(n_rows, dtype=torch.bool)
         untouched[rows] = False
         assert torch.equal(out_d[1][untouched], torch.zeros(n_rows - n_touched, dim))

@@ -718,3 +718,21 @@ def test_registry_labels_and_reprs():
         make("fixed", weights=[1.0, 0.5])(grads_of(k=3))
     with pytest.raises(ValueError, match="solver"):
         make("mgda", solver="qp")
+
+
+@pytest.mark.parametrize("name", ["dwa", "gradnorm", "uncertainty", "gradvac", "gradvac_adjusted", "metabalance+dwa"])
+def test_state_loaded_on_the_cpu_follows_the_gradients_to_another_device(name):
+    # A checkpoint loads on the CPU; on a GPU the next step's gradients live elsewhere ("meta" stands in).
+    from mbkit.balancers import make
+
+    grads = [torch.randn(3, 4, 2), torch.randn(3, 5)]
+    losses = torch.rand(3)
+    first = make(name)
+    kw = {"losses": losses} if getattr(first, "uses_losses", False) else {}
+    first(grads, **kw)
+    if hasattr(first, "end_epoch"):
+        first.end_epoch()
+    resumed = make(name)
+    resumed.load_state_dict(first.state_dict())
+    out = resumed([g.to("meta") for g in grads], **({"losses": losses.to("meta")} if kw else {}))
+    assert all(o.device.type == "meta" for o in out)

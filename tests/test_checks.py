@@ -162,3 +162,15 @@ def test_default_params_file_equals_the_notebooks_own_defaults():
                 continue
             default = eval(declared[name]["default"], {})  # the cell holds literals only
             assert default == value, f"{nb.name}: parameter {name} is {default!r} in the notebook, {value!r} in default.yaml"
+
+
+def test_relative_bands_fail_on_missing_rows_or_columns():
+    a = pd.DataFrame({"pv": [2.0, 0.5], "cart": [1.0, 1.0]}, index=["t1", "t2"])
+    with pytest.raises(checks.ReproductionError, match="rows"):
+        checks.relative_bands(a.loc[["t1"], ["pv"]], a, rel=0.25)
+
+
+def test_a_noisier_regression_does_not_widen_its_own_band():
+    committed = table([0.10, 0.20], std=0.005)
+    noisy = table([0.10, 0.23], std=0.05)
+    assert not checks.bands(noisy, committed, ["method"], ["ndcg@10"])["ok"].all()

@@ -108,10 +108,13 @@ def test_resume_on_another_split_is_refused_after_reading_the_data(trained, caps
     _one_line(err)
 
 
-def test_resume_with_more_epochs_continues_in_the_checkpoint_folder(trained, capsys):
-    code, out, _ = _run([*TRAIN[:4], "2", *TRAIN[5:], "--resume", str(trained / "last.pt")], capsys)
-    assert code == 0 and json.loads(out.splitlines()[-1])["out"] == str(trained)
-    record = json.loads((trained / "metrics.json").read_text())
+def test_resume_with_more_epochs_continues_in_the_checkpoint_folder(trained, tmp_path, capsys):
+    import shutil
+
+    run = shutil.copytree(trained, tmp_path / "mb")  # the module's run stays as other tests expect it
+    code, out, _ = _run([*TRAIN[:4], "2", *TRAIN[5:], "--resume", str(run / "last.pt")], capsys)
+    assert code == 0 and json.loads(out.splitlines()[-1])["out"] == str(run)
+    record = json.loads((run / "metrics.json").read_text())
     assert record["config"]["epochs"] == 2 and [r["from_epoch"] for r in record["resumes"]] == [1]
     assert record["resumes"][0]["changed"] == {"epochs": [1, 2]} and record["data"]["source"] == "synthetic"
 

@@ -300,3 +300,27 @@ def test_a_grid_refuses_to_reuse_a_record_of_other_code(tmp_path, monkeypatch, t
     monkeypatch.setattr(ex, "code_version", lambda: {"mbkit": "x", "git_commit": "0" * 40})
     with pytest.raises(ValueError, match="trained by the code of commit"):
         run_grid(task_data, methods, [0], base, runs_dir=tmp_path)
+
+
+def test_stopping_epoch_replays_the_early_stopping_rule():
+    from mbkit.runstate import stopping_epoch
+
+    scores = [0.178, 0.236, 0.233, 0.288, 0.304]
+    assert stopping_epoch(scores, 1) == 3
+    assert stopping_epoch(scores, 2) is None
+    assert stopping_epoch([0.1, 0.1, 0.1], 2) == 3  # equal is not better
+
+
+def test_resume_refuses_a_patience_that_would_have_stopped_the_run_earlier():
+    import dataclasses
+
+    from mbkit.runstate import CheckpointError, check_resume
+
+    saved = dataclasses.asdict(TrainConfig(epochs=5, patience=None, progress=False))
+    history = [{"valid_ndcg@10": v} for v in (0.178, 0.236, 0.233, 0.288, 0.304)]
+    ckpt = {"config": saved, "epoch": 5, "history": history}
+    strict = dataclasses.asdict(TrainConfig(epochs=8, patience=1, progress=False))
+    with pytest.raises(CheckpointError, match="with patience=1 it would have stopped at epoch 3"):
+        check_resume(ckpt, strict, None, "last.pt")
+    loose = dataclasses.asdict(TrainConfig(epochs=8, patience=2, progress=False))
+    assert "patience" in check_resume(ckpt, loose, None, "last.pt")

@@ -179,3 +179,17 @@ class GradientBalancer:
 
     def __str__(self) -> str:
         return self.label()
+
+
+def follow_device(balancer: Any, names: Sequence[str], device: torch.device) -> None:
+    """Move the tensors of a balancer's state attributes (tensors, or dicts of them) onto `device`.
+
+    A checkpoint loads on the CPU; the balancer's state must follow the gradients to the GPU.
+    """
+    for name in names:
+        value = getattr(balancer, name)
+        if isinstance(value, Tensor) and value.device != device:
+            setattr(balancer, name, value.to(device))
+        elif isinstance(value, dict):
+            setattr(balancer, name, {k: v.to(device) if isinstance(v, Tensor) else v for k, v in value.items()})
+

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .base import (
+    follow_device,
     GradientBalancer, check_grads, check_losses, check_state_keys, clone_state, task_view, weighted_sum,
 )
 
@@ -45,6 +46,7 @@ class DWA(GradientBalancer):
 
     def _weights(self, grads: list[Tensor], k: int, losses: Tensor | None) -> Tensor:
         losses = check_losses(losses, k, "DWA")
+        follow_device(self, ("history", "epoch_sum"), grads[0].device)
         if self.history is None:
             dtype = torch.promote_types(losses.dtype, torch.float32)
             self.history = torch.zeros(2, k, dtype=dtype, device=losses.device)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .base import (
+    follow_device,
     GradientBalancer, adam_update, check_grads, check_losses, check_state_keys, clone_state, task_view, weighted_sum,
 )
 
@@ -58,6 +59,7 @@ class GradNorm(GradientBalancer):
 
     def _weights(self, grads: list[Tensor], k: int, losses: Tensor | None) -> Tensor:
         losses = check_losses(losses, k, "GradNorm")
+        follow_device(self, ("weights", "initial_losses", "adam"), grads[0].device)
         if self.layer is not None and not -len(grads) <= self.layer < len(grads):
             raise ValueError(f"layer={self.layer} but there are {len(grads)} shared tensors")
         if self.weights is None:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..utils import make_generator
-from .base import GRANULARITIES, check_state_keys, clone_state
+from .base import GRANULARITIES, check_state_keys, clone_state, follow_device
 from .gram import safe_div
 from .pcgrad import _check_choice, _Projection, gram_matrices
 
@@ -66,7 +66,8 @@ class GradVac(_Projection):
         return torch.stack(rows) if k > 1 else torch.zeros(k, 0, dtype=torch.long, device=self.generator.device)
 
     def _coefficients(self, grads: list[Tensor], groups: list[list[int]]) -> Tensor:
-        gram = gram_matrices(grads, groups).to(torch.float64)  # (G, K, K)
+        gram = gram_matrices(grads, groups).to(torch.float64)
+        follow_device(self, ("targets",), gram.device)  # (G, K, K)
         n_groups, k, _ = gram.shape
         if self.targets is None:
             self.targets = torch.zeros(n_groups, k, k, dtype=torch.float64, device=gram.device)
@@ -132,6 +133,7 @@ class GradVacAdjusted(_Projection):
 
     def _coefficients(self, grads: list[Tensor], groups: list[list[int]]) -> Tensor:
         gram = gram_matrices(grads, groups).to(torch.float64)
+        follow_device(self, ("targets",), gram.device)
         n_groups, k, _ = gram.shape
         if self.targets is None:
             self.targets = torch.zeros(n_groups, k, dtype=torch.float64, device=gram.device)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .base import (
+    follow_device,
     GradientBalancer, adam_update, check_grads, check_losses, check_state_keys, clone_state, task_view, weighted_sum,
 )
 
@@ -45,6 +46,7 @@ class UncertaintyWeighting(GradientBalancer):
 
     def _weights(self, grads: list[Tensor], k: int, losses: Tensor | None) -> Tensor:
         losses = check_losses(losses, k, "UncertaintyWeighting")
+        follow_device(self, ("log_vars", "adam"), grads[0].device)
         if self.log_vars is None:
             dtype = torch.promote_types(losses.dtype, torch.float32)
             self.log_vars = torch.zeros(k, dtype=dtype, device=grads[0].device)
