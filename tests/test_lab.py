@@ -166,15 +166,20 @@ def run_all_cells(driver, server, nb, shot: Path, running_shot: Path):
     def done(s):
         return s["status"] == "idle" and not any(p == "[*]:" for p in s["prompts"] if p)
 
-    progress, last_bar, deadline = None, None, time.monotonic() + TIMEOUT
+    progress, last_bar, last_shot, deadline = None, None, 0.0, time.monotonic() + TIMEOUT
+    shots = 0
     while True:
         state = driver.execute_script(lab.STATE_JS)
         seen = "widget" if state["widgetBar"] else (f"text: {state['textBar']}" if state["textBar"] else None)
-        if seen and seen != last_bar:                        # the latest state of the bar, in view
+        # the latest state of the bar, in view: when it changes, and every few seconds while it runs
+        if seen and (seen != last_bar or time.monotonic() - last_shot > 3.0) and not done(state):
             progress = progress or seen
-            last_bar = seen
+            last_bar, last_shot = seen, time.monotonic()
             driver.execute_script(lab.BAR_INTO_VIEW_JS)
             driver.save_screenshot(str(running_shot))
+            if os.environ.get("MBKIT_LAB_ALL_SHOTS"):            # keep every one (a film of the run)
+                shots += 1
+                driver.save_screenshot(str(running_shot.with_name(f"{running_shot.stem}_{shots:02d}.png")))
         if done(state):
             time.sleep(1.0)                                  # settle: the last outputs render
             state = driver.execute_script(lab.STATE_JS)

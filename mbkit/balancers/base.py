@@ -193,3 +193,13 @@ def follow_device(balancer: Any, names: Sequence[str], device: torch.device) -> 
         elif isinstance(value, dict):
             setattr(balancer, name, {k: v.to(device) if isinstance(v, Tensor) else v for k, v in value.items()})
 
+
+def loss_weighted(balancer: Any, grads: Sequence[Tensor], losses: Tensor | None, combine: bool) -> list[Tensor]:
+    """Shared body of the loss-weighting methods: `balancer._weights(grads, k, losses)` sets one weight
+    per task (`last_weights`); return the weighted per-task terms, or their sum when `combine`."""
+    grads, k = check_grads(grads)
+    balancer._weights(grads, k, losses)
+    if combine:
+        return [weighted_sum(w, g) for w, g in zip(balancer.last_weights, grads)]
+    return [g * task_view(w, g) for g, w in zip(grads, balancer.last_weights)]
+

@@ -8,8 +8,7 @@ import torch
 from torch import Tensor
 
 from .base import (
-    follow_device,
-    GradientBalancer, adam_update, check_grads, check_losses, check_state_keys, clone_state, task_view, weighted_sum,
+    GradientBalancer, adam_update, check_losses, check_state_keys, clone_state, follow_device, loss_weighted,
 )
 
 
@@ -84,14 +83,10 @@ class GradNorm(GradientBalancer):
         return weights
 
     def transform(self, grads: Sequence[Tensor], losses: Tensor | None = None) -> list[Tensor]:
-        grads, k = check_grads(grads)
-        self._weights(grads, k, losses)
-        return [g * task_view(w, g) for g, w in zip(grads, self.last_weights)]
+        return loss_weighted(self, grads, losses, combine=False)
 
     def __call__(self, grads: Sequence[Tensor], losses: Tensor | None = None) -> list[Tensor]:
-        grads, k = check_grads(grads)
-        self._weights(grads, k, losses)
-        return [weighted_sum(w, g) for w, g in zip(self.last_weights, grads)]
+        return loss_weighted(self, grads, losses, combine=True)
 
     def state_dict(self) -> dict[str, Any]:
         return clone_state({"weights": self.weights, "initial_losses": self.initial_losses, "adam": self.adam})
