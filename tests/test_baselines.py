@@ -736,3 +736,15 @@ def test_state_loaded_on_the_cpu_follows_the_gradients_to_another_device(name):
     resumed.load_state_dict(first.state_dict())
     out = resumed([g.to("meta") for g in grads], **({"losses": losses.to("meta")} if kw else {}))
     assert all(o.device.type == "meta" for o in out)
+
+
+def test_cagrad_stays_bounded_when_the_min_norm_point_is_almost_zero():
+    # g_1 = -s g_0 puts the min-norm point at zero up to rounding: c ||g_0|| / ||g_w|| must not blow up
+    # (without the guard this case gave weights of 6.7e5)
+    from mbkit.balancers.cagrad import cagrad_weights
+
+    g = torch.tensor([[-0.050731536, 0.039373107], [0.0025376598, -0.001969496],
+                      [-1.0309830, -1.1017122], [-0.6222964, -1.0002874]])
+    gram = (g.double() @ g.double().T).unsqueeze(0)
+    weights = cagrad_weights(gram, 0.4)
+    assert torch.isfinite(weights).all() and float(weights.abs().max()) < 10.0, weights

@@ -42,7 +42,8 @@ def cagrad_weights(gram: Tensor, c: float) -> Tensor:
     objective = (candidates * a.unsqueeze(1)).sum(-1) + root_phi.unsqueeze(1) * norms
     best = pick(candidates, objective, feasible)  # (G, K)
     norm_w = quadratic(best.unsqueeze(1), gram).squeeze(1).clamp_min(0.0).sqrt()  # (G,)
-    ok = norm_w > 0
+    # ||g_w|| ~ 0 (a Pareto-stationary point up to rounding): no finite correction, plain mean
+    ok = norm_w > 1e-6 * torch.diagonal(gram, dim1=-2, dim2=-1).amax(-1).clamp_min(0.0).sqrt()
     scale = torch.where(ok, root_phi / torch.where(ok, norm_w, 1.0), 0.0)
     return 1.0 / k + scale.unsqueeze(-1) * best
 
