@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # What decides the numbers: the package, its dependency pins and the parameter files. Notebooks, figures
 # and results are outputs that `make reproduce` rewrites, so they do not make a record "dirty".
-CODE_PATHS = ("mbkit", "pyproject.toml", "constraints.txt", "requirements", "notebooks/params", "Makefile")
+CODE_PATHS = ("mbkit", "pyproject.toml", "requirements", "notebooks/params", "Makefile")
 
 
 def git_commit() -> str | None:
