@@ -17,15 +17,13 @@ Environment:
                            test fail), e.g. MBKIT_LAB_BREAK=03
   MBKIT_LAB_FORCE_PROGRESS "1": in the smoke copies, turn `progress=False` into `progress=True` in the cells
                            that call run_grid (to see the bar before the notebooks turn it on)
-  MBKIT_LAB_REQUIRE_PROGRESS  "1"/"0" forces the progress-bar check on/off (default: see
-                           grid_progress_landed)
+  MBKIT_LAB_REQUIRE_PROGRESS  "0" turns the progress-bar check off (default: on)
   MBKIT_LAB_THREADS        torch/BLAS threads of the kernels (default 1; OMP_NUM_THREADS, if set, wins)
   MBKIT_CHROMIUM, MBKIT_CHROMEDRIVER  browser paths (default /usr/bin/chromium, /usr/bin/chromedriver)
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -44,19 +42,14 @@ TIMEOUT = float(os.environ.get("MBKIT_LAB_TIMEOUT", "300"))
 NOTEBOOKS = sorted(p.stem for p in (lab.ROOT / "notebooks").glob(lab.NOTEBOOK_GLOB))
 
 
-def grid_progress_landed() -> bool:
-    """GRID_PROGRESS_LANDED: whether mbkit has grid progress bars: `mbkit.progress` exists.
-
-    Once it has, a notebook whose run_grid cell leaves the bar on (lab_helpers.grid_shows_progress) must show
-    one; before, the test only reports whether a bar appeared. MBKIT_LAB_REQUIRE_PROGRESS=1/0 overrides.
-    """
-    forced = os.environ.get("MBKIT_LAB_REQUIRE_PROGRESS")
-    if forced is not None:
-        return forced.strip().lower() not in ("0", "false", "no", "")
-    return importlib.util.find_spec("mbkit.progress") is not None
+def progress_required() -> bool:
+    """A notebook whose run_grid cell leaves the bar on (lab_helpers.grid_shows_progress) must show one;
+    MBKIT_LAB_REQUIRE_PROGRESS=0 turns the check off (e.g. to debug another failure)."""
+    forced = os.environ.get("MBKIT_LAB_REQUIRE_PROGRESS", "1")
+    return forced.strip().lower() not in ("0", "false", "no", "")
 
 
-GRID_PROGRESS_LANDED = grid_progress_landed()
+REQUIRE_PROGRESS = progress_required()
 
 
 @pytest.fixture(scope="module")
@@ -240,11 +233,11 @@ def test_notebook_runs_in_jupyterlab(session, stem):
     no_figure = [i for i in nb.figure_cells if not any(w > 0 and h > 0 for w, h in outputs[i]["images"])]
     if no_figure:
         problems.append(f"no rendered figure in plotting cells {no_figure} (of {nb.figure_cells})")
-    if nb.grid_progress and progress is None and GRID_PROGRESS_LANDED:
+    if nb.grid_progress and progress is None and REQUIRE_PROGRESS:
         problems.append("no progress bar appeared while the grid ran (widget .widget-hprogress or a tqdm text bar)")
     print(f"\n{stem}: {seconds:.1f} s in JupyterLab; parameters {nb.parameters}; "
           f"progress bar: {progress or 'none seen'} (required: "
-          f"{nb.grid_progress and GRID_PROGRESS_LANDED}: run_grid cell {nb.runs_grid}, bar left on "
-          f"{nb.grid_progress}, GRID_PROGRESS_LANDED {GRID_PROGRESS_LANDED}); "
+          f"{nb.grid_progress and REQUIRE_PROGRESS}: run_grid cell {nb.runs_grid}, bar left on "
+          f"{nb.grid_progress}, REQUIRE_PROGRESS {REQUIRE_PROGRESS}); "
           f"screenshot {shot}")
     assert not problems, f"{stem} in JupyterLab ({shot}):\n  " + "\n  ".join(problems)
