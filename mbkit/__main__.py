@@ -1,4 +1,4 @@
-"""Command line: `python -m mbkit {data,train,reproduce} ...` (`--help` on each documents every option)."""
+"""Command line: `python -m mbkit {data,train,grid,reproduce} ...` (`--help` on each documents every option)."""
 
 from __future__ import annotations
 
@@ -79,6 +79,26 @@ def _parser() -> argparse.ArgumentParser:
                    help="epoch progress bar on stderr (default: auto)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar (same as --progress off)")
 
+    g = sub.add_parser("grid", help="train the grid of notebook 03 or 04 from a params file, on this process or "
+                       "on Ray, into per-run records that the notebook then reads (no notebook server needed)")
+    g.add_argument("notebook", choices=["03_relax_factor", "04_method_comparison"],
+                   help="whose grid: its parameters are the notebook's defaults, overridden by --params")
+    g.add_argument("--params", default="notebooks/params/default.yaml",
+                   help="parameter file (YAML) as for `reproduce`; its paths are relative to notebooks/")
+    g.add_argument("--runs-dir", default=None,
+                   help="folder of the per-run records and checkpoints (default: the params file's runs_dir)")
+    g.add_argument("--executor", default=None, choices=["local", "ray"],
+                   help="local: one run after another in this process; ray: one Ray task per run "
+                        "(default: the params file's executor, else local)")
+    g.add_argument("--address", default=None,
+                   help="Ray cluster address (head node host:port, or 'auto'); default: the params file's "
+                        "ray_address, else a local Ray on this machine")
+    g.add_argument("--runs-per-gpu", type=int, default=None, help="Ray: runs that share one GPU (default 1)")
+    g.add_argument("--cpus-per-run", type=int, default=None, help="Ray: CPUs (and torch threads) per run (default 1)")
+    g.add_argument("--max-retries", type=int, default=2, help="Ray: retries of a failed run, each resuming from "
+                   "its checkpoint (default 2)")
+    g.add_argument("--progress", default="auto", choices=["auto", "text", "off"], help="progress bar on stderr")
+
     r = sub.add_parser("reproduce", help="run the numbered notebooks with papermill")
     r.add_argument("--params", default="notebooks/params/default.yaml", help="parameter file (YAML)")
     r.add_argument("--out", default="build/executed", help="folder for the executed notebooks")
@@ -148,6 +168,75 @@ def _train(args: argparse.Namespace) -> None:
                       "test": {k: round(v, 4) for k, v in result.test.items()}, "out": str(out)}))
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _grid(args: argparse.Namespace) -> None:
+    """Build the notebook's data and grid exactly as the notebook does (same working directory, same
+    configurations), so that its records are the ones the notebook reads afterwards."""
+    import ast
+    import contextlib
+    import signal
+
+    import papermill
+
+    from mbkit.reproduce import NOTEBOOK_DIR, check_params, load_params
+
+    every = load_params(args.params)
+    check_params(every)
+    declared = papermill.inspect_notebook(str(NOTEBOOK_DIR / f"{args.notebook}.ipynb"))
+    p = {name: ast.literal_eval(spec["default"]) for name, spec in declared.items()}
+    p.update(every[args.notebook])
+    cli = {"runs_dir": str(Path(args.runs_dir).resolve()) if args.runs_dir else None, "executor": args.executor,
+           "ray_address": args.address, "runs_per_gpu": args.runs_per_gpu, "cpus_per_run": args.cpus_per_run}
+    p.update({k: v for k, v in cli.items() if v is not None})
+    if p.get("runs_dir") is None:
+        raise ValueError(f"the grid command keeps one record per run: pass --runs-dir, or set runs_dir in the "
+                         f"{args.notebook} section of {args.params}")
+    with contextlib.chdir(NOTEBOOK_DIR):  # the params files' paths are relative to notebooks/, as for papermill
+        previous = signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's SIGTERM ends the grid as Ctrl-C does
+        try:
+            _run_grid(args, p)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run_grid(args: argparse.Namespace, p: dict) -> None:
+    import pandas as pd
+
+    from mbkit import data as mbd
+    from mbkit.experiments import EXECUTORS, notebook_grid, run_grid, run_name, summarize
+
+    executor = p.get("executor", "local")
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor {executor!r}: use local or ray")
+    if executor == "ray":
+        from mbkit.ray_grid import import_ray
+        import_ray()
+    if p["data"] != "synthetic" and not Path(p["data"]).is_file():
+        raise ValueError(f"data {p['data']!r} (relative to notebooks/): no such file; put the log there or set data "
+                         f"in {args.params}")
+    methods, seeds, base = notebook_grid(args.notebook, p)
+    runs_dir = Path(p["runs_dir"])
+    folders = [runs_dir / run_name(m, s) for m in methods for s in seeds]
+    done = sum((f / "metrics.json").is_file() for f in folders)
+    part = sum((f / "last.pt").is_file() and not (f / "metrics.json").is_file() for f in folders)
+    print(f"{args.notebook}: {len(folders)} runs in {runs_dir.resolve()}: {done} finished (read from their "
+          f"records), {part} to resume from a checkpoint, {len(folders) - done - part} to train", flush=True)
+    _, log = mbd.load_filtered(p["data"], target=p["target"], mode=p["filter_mode"])
+    data = mbd.build_task_data(log, target=p["target"], seed=p["split_seed"], device=p["device"])
+    progress = False if args.progress == "off" else args.progress
+    runs = run_grid(data, methods, seeds, base, runs_dir=runs_dir, progress=progress, executor=executor,
+                    ray_address=p.get("ray_address"), runs_per_gpu=int(p.get("runs_per_gpu", 1)),
+                    cpus_per_run=int(p.get("cpus_per_run", 1)), max_retries=args.max_retries)
+    table = pd.concat({split: summarize(runs, split=split, metrics=["ndcg@10"]) for split in ("valid", "test")},
+                      axis=1)
+    print(table.round(4).to_string())
+    print(f"all {len(folders)} runs are recorded in {runs_dir.resolve()}; the notebook with runs_dir={p['runs_dir']!r} "
+          "reads them instead of training")
+
+
 def _message(e: BaseException) -> str:
     """One readable line for an error: never a bare key or errno."""
     if isinstance(e, OSError) and e.strerror:
@@ -173,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"rows dated outside the log's 9 days (kept): {stats.attrs['out_of_window_rows']:,}")
         elif args.command == "train":
             _train(args)
+        elif args.command == "grid":
+            _grid(args)
         elif args.command == "reproduce":
             from mbkit.reproduce import run_notebooks
             run_notebooks(args.params, args.out, only=args.only)
@@ -180,13 +271,18 @@ def main(argv: list[str] | None = None) -> int:
                 from mbkit.reproduce import store_executed
                 for path in store_executed(args.out):
                     print(f"updated {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
-    except (ValueError, KeyError, OSError) as e:
+    except (ValueError, KeyError, OSError, ImportError) as e:
         print(f"mbkit: error: {_message(e)}", file=sys.stderr)
         return 2
     except RuntimeError as e:  # NonFiniteLossError and friends: the message is the diagnosis
         print(f"mbkit: error: {_message(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        if args.command == "grid":
+            print("mbkit: grid interrupted; finished runs are recorded and unfinished ones keep their last "
+                  "epoch's checkpoint in the runs folder: run the same command again to train only the rest",
+                  file=sys.stderr)
+            return 130
         print("mbkit: interrupted; completed epochs are in the output folder's last.pt (use --resume)",
               file=sys.stderr)
         return 130

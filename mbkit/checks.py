@@ -32,7 +32,8 @@ from mbkit.record import ROOT
 K_SE = 4.0
 FLOOR = 0.002
 # Parameters that change where or on what a notebook runs, not what it computes.
-NOT_COMPARED = frozenset({"device", "figures_dir", "results_dir", "progress", "runs_dir", "executor"})
+NOT_COMPARED = frozenset({"device", "figures_dir", "results_dir", "progress", "runs_dir", "executor", "ray_address",
+                          "runs_per_gpu", "cpus_per_run"})
 
 
 class ReproductionError(AssertionError):

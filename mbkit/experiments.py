@@ -47,6 +47,29 @@ def study_methods(relax_factor: float = 0.7) -> list[Method]:
     ]
 
 
+def relax_sweep_methods(relax_factors: Iterable[float], strategies: Iterable[str]) -> list[Method]:
+    """Notebook 03's grid (thesis Table 2): MetaBalance at every r and strategy; r = 0 (the plain sum,
+    the same for every strategy) once, labelled "r=0"."""
+    strategies = list(strategies)
+    return [Method("r=0", "metabalance", {"relax_factor": 0.0})] + [
+        Method(f"{s} r={float(r):g}", "metabalance", {"relax_factor": float(r), "strategy": s})
+        for s in strategies for r in relax_factors if float(r) != 0]
+
+
+GRIDS = {"03_relax_factor": lambda p: relax_sweep_methods(p["relax_factors"], p["strategies"]),
+         "04_method_comparison": lambda p: study_methods(p["relax_factor"])}
+
+
+def notebook_grid(notebook: str, params: dict[str, Any]) -> tuple[list[Method], list[int], TrainConfig]:
+    """The grid a notebook trains with its parameters: (methods, seeds, base config). The notebooks and
+    `python -m mbkit grid` both build it here, so their runs share records in a `runs_dir`."""
+    if notebook not in GRIDS:
+        raise ValueError(f"notebook {notebook!r} trains no grid; grids: {', '.join(GRIDS)}")
+    base = TrainConfig(epochs=int(params["epochs"]), batch_size=int(params["batch_size"]), mode=params["mode"],
+                       device=params.get("device", "auto"), progress=False)
+    return GRIDS[notebook](params), [int(s) for s in params["seeds"]], base
+
+
 def run_name(method: Method, seed: int) -> str:
     """The folder name of one run of a grid: balancer, sorted keyword arguments and seed, file-system safe.
 
@@ -91,21 +114,38 @@ def _finished(folder: Path, cfg: TrainConfig, fingerprint: dict[str, Any]) -> di
     return None if changed - _DISPLAY_ONLY else rec
 
 
+EXECUTORS = ("local", "ray")
+
+
 def run_grid(data: TaskData, methods: Iterable[Method], seeds: Iterable[int], base: TrainConfig,
-             on_run=None, *, runs_dir: str | Path | None = None, progress: bool | str | None = None) -> pd.DataFrame:
+             on_run=None, *, runs_dir: str | Path | None = None, progress: bool | str | None = None,
+             executor: str = "local", ray_address: str | None = None, runs_per_gpu: int = 1,
+             cpus_per_run: int = 1, max_retries: int = 2) -> pd.DataFrame:
     """Train every method with every seed (same data split) and return one row per run.
 
     Columns: method, balancer, seed, best_epoch, train_seconds, the method's keyword arguments,
-    valid_<metric>, test_<metric>. `on_run(method, result)` is called after each run that trains.
+    valid_<metric>, test_<metric>. `on_run(method, result)` is called after each run that trains here
+    (local executor).
 
     `runs_dir`: each run gets its own folder `runs_dir/run_name(method, seed)` with a checkpoint after
     every epoch and its record (metrics.json, history.csv) as soon as it finishes. Calling again with the
     same grid reads finished runs from their records, resumes unfinished ones from their checkpoints and
     returns the same table as an uninterrupted grid (train_seconds aside); a folder holding a run of
-    other settings or data is an error. `progress` (default: `base.progress`): one bar over the grid's
-    epochs, showing the run count, the current run's epoch, the elapsed time and an estimate of the rest
+    other settings or data is an error. `progress` (default: `base.progress`): one bar over the grid
     (a widget in JupyterLab, text on stderr elsewhere; see `mbkit.progress`).
+
+    `executor`: "local" trains the runs one after another in this process (the bar counts epochs);
+    "ray" makes each run a Ray task (`mbkit.ray_grid`; needs `runs_dir`) on the cluster at `ray_address`
+    (None: a local Ray on this machine, or the one this process is already connected to), asking for
+    `cpus_per_run` CPUs and 1/`runs_per_gpu` of a GPU, retried `max_retries` times; the bar counts runs.
+    Both give the same table for the same grid when a run uses the same number of threads.
     """
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor={executor!r}; use 'local' (this process) or 'ray' (Ray tasks, `pip install "
+                         "'mbkit[ray]'`)")
+    if executor == "ray" and runs_dir is None:
+        raise ValueError("executor='ray' keeps one record per run: pass runs_dir (a folder for the runs' "
+                         "records and checkpoints)")
     seeds = [int(s) for s in seeds]
     plan = [(m, s, dataclasses.replace(base, balancer=m.balancer, balancer_kwargs=dict(m.kwargs), seed=s,
                                        progress=False))
@@ -117,23 +157,42 @@ def run_grid(data: TaskData, methods: Iterable[Method], seeds: Iterable[int], ba
         for i, (m, s, cfg) in enumerate(plan):
             folders[i] = Path(runs_dir) / run_name(m, s)
             records[i] = _finished(folders[i], cfg, fingerprint)
-    epochs = base.epochs
-    bar = progress_bar(base.progress if progress is None else progress, total=len(plan) * epochs,
-                       initial=epochs * sum(r is not None for r in records), unit="epoch", desc="grid")
+    progress = base.progress if progress is None else progress
+    todo = [i for i, r in enumerate(records) if r is None]
+    if executor == "ray" and todo:
+        from mbkit.ray_grid import run_on_ray
+        jobs = [(i, plan[i][0], plan[i][1], plan[i][2], folders[i]) for i in todo]
+        got = run_on_ray(data, fingerprint, jobs, address=ray_address, runs_per_gpu=runs_per_gpu,
+                         cpus_per_run=cpus_per_run, max_retries=max_retries, progress=progress,
+                         n_total=len(plan), runs_dir=Path(runs_dir))
+        for i, rec in got.items():
+            records[i] = rec
+    elif todo:
+        epochs = base.epochs
+        bar = progress_bar(progress, total=len(plan) * epochs, initial=epochs * (len(plan) - len(todo)),
+                           unit="epoch", desc="grid")
+        try:
+            for i in todo:
+                m, s, cfg = plan[i]
+                if folders[i] is None:
+                    records[i] = _train_one(data, m, s, cfg, None, on_run, bar, f"run {i + 1}/{len(plan)}")
+                    continue
+                from mbkit.ray_grid import finished_line, run_log
+                with run_log(folders[i], capture=False):
+                    records[i] = _train_one(data, m, s, cfg, folders[i], on_run, bar, f"run {i + 1}/{len(plan)}")
+                    with open(folders[i] / "run.log", "a") as log:
+                        print(finished_line(records[i]), file=log)
+        finally:
+            if bar is not None:
+                bar.close()
     rows = []
-    try:
-        for i, ((m, s, cfg), folder, rec) in enumerate(zip(plan, folders, records)):
-            if rec is None:
-                rec = _train_one(data, m, s, cfg, folder, on_run, bar, f"run {i + 1}/{len(plan)}")
-            row: dict[str, Any] = {"method": m.label, "balancer": m.balancer, "seed": s,
-                                   "best_epoch": rec["best_epoch"], "train_seconds": rec["train_seconds"]}
-            row.update({k: v for k, v in m.kwargs.items()})
-            row.update({f"valid_{k}": v for k, v in rec["valid"].items()})
-            row.update({f"test_{k}": v for k, v in rec["test"].items()})
-            rows.append(row)
-    finally:
-        if bar is not None:
-            bar.close()
+    for (m, s, cfg), rec in zip(plan, records):
+        row: dict[str, Any] = {"method": m.label, "balancer": m.balancer, "seed": s,
+                               "best_epoch": rec["best_epoch"], "train_seconds": rec["train_seconds"]}
+        row.update({k: v for k, v in m.kwargs.items()})
+        row.update({f"valid_{k}": v for k, v in rec["valid"].items()})
+        row.update({f"test_{k}": v for k, v in rec["test"].items()})
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import zipfile
 
 import pytest
@@ -153,4 +154,22 @@ def test_balancer_args_reach_the_balancer_and_bad_ones_fail_first(tmp_path, caps
     code, _, err = _run(["train", "--balancer", "cagrad", "--balancer-arg", "relax_factor=0.7",
                          "--out", str(tmp_path / "r")], capsys)
     assert code == 2 and "relax_factor" in err
+    _one_line(err)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ([], "the grid command keeps one record per run: pass --runs-dir, or set runs_dir in the 03_relax_factor section"),
+    (["--params", "notebooks/params/paper.yaml"], "data '../data/UserBehavior.csv' (relative to notebooks/): no such "
+                                                  "file; put the log there"),
+    (["--runs-dir", "RUNS", "--executor", "ray"], "executor='ray' needs Ray, which is not installed here: pip install "
+                                                  "'mbkit[ray]'"),
+])
+def test_grid_errors_are_one_line_and_precede_reading_the_log(tmp_path, capsys, monkeypatch, no_data_read, extra,
+                                                              needle):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    if any("paper.yaml" in a for a in extra) and os.path.exists("data/UserBehavior.csv"):
+        pytest.skip("the real log is here")
+    extra = [str(tmp_path / "runs") if a == "RUNS" else a for a in extra]
+    code, out, err = _run(["grid", "03_relax_factor", *extra], capsys)
+    assert code == 2 and needle in err, err
     _one_line(err)
