@@ -47,6 +47,10 @@ def study_methods(relax_factor: float = 0.7) -> list[Method]:
     ]
 
 
+# The floor every auxiliary method must beat: the target task alone, same model and protocol.
+SINGLE_TASK = Method("Single task (target only)", "single_task")
+
+
 def relax_sweep_methods(relax_factors: Iterable[float], strategies: Iterable[str]) -> list[Method]:
     """Notebook 03's grid (thesis Table 2): MetaBalance at every r and strategy; r = 0 (the plain sum,
     the same for every strategy) once, labelled "r=0"."""
@@ -57,7 +61,7 @@ def relax_sweep_methods(relax_factors: Iterable[float], strategies: Iterable[str
 
 
 GRIDS = {"03_relax_factor": lambda p: relax_sweep_methods(p["relax_factors"], p["strategies"]),
-         "04_method_comparison": lambda p: study_methods(p["relax_factor"])}
+         "04_method_comparison": lambda p: study_methods(p["relax_factor"]) + [SINGLE_TASK]}
 
 
 def notebook_grid(notebook: str, params: dict[str, Any]) -> tuple[list[Method], list[int], TrainConfig]:
@@ -334,3 +338,14 @@ def median_diagnostics(diagnostics: pd.DataFrame, value: str, target: str) -> pd
     weights = diagnostics[~diagnostics["tensor"].str.endswith("bias")]
     aux = weights[weights["task"] != target]
     return aux.pivot_table(index="tensor", columns="task", values=value, aggfunc="median", sort=False)
+
+
+def with_applied_ratio(diagnostics: pd.DataFrame) -> pd.DataFrame:
+    """Add `applied_ratio` = ratio_to_target × weight: the auxiliary/target magnitude ratio of what reaches
+    the optimizer after a balancer that scales each auxiliary gradient by a weight (MetaBalance's
+    r · m_target / m_aux + (1 − r), Eq. 5), where `ratio_to_target` is the raw one."""
+    aux = diagnostics["task"] != diagnostics["task"].iloc[0]  # the target comes first
+    if diagnostics.loc[aux, "weight"].isna().any():
+        raise ValueError("these diagnostics carry no applied weights (the balancer reports none, e.g. Vanilla or "
+                         "PCGrad); the applied ratio is defined for weighting balancers such as MetaBalance")
+    return diagnostics.assign(applied_ratio=diagnostics["ratio_to_target"] * diagnostics["weight"].where(aux, 1.0))

@@ -89,6 +89,39 @@ def imbalance(diags: dict[str, pd.DataFrame], value: str = "ratio_to_target",
     return fig
 
 
+def smoothed(values: pd.Series, window: int) -> pd.Series:
+    """Rolling median over `window` consecutive samples (centred), so that a trend is readable."""
+    return values.rolling(window, center=True, min_periods=1).median() if window > 1 else values
+
+
+def applied(d: pd.DataFrame, tensors: Iterable[str] | None = None, window: int = 25,
+            label: str = "MetaBalance") -> plt.Figure:
+    """The method acting: per shared tensor, each auxiliary task's raw ‖g_aux‖ / ‖g_target‖ (thin) and the
+    ratio that reaches the optimizer after balancing, `ratio × weight` (thick), rolling medians over
+    `window` diagnostic samples. `d` is a diagnostics frame with an `applied_ratio` column
+    (`mbkit.experiments.with_applied_ratio`)."""
+    tensors = list(tensors or dict.fromkeys(d["tensor"]))
+    target = d["task"].iloc[0]
+    tasks = [t for t in dict.fromkeys(d["task"]) if t != target]
+    fig, axes = plt.subplots(1, len(tensors), figsize=(2.6 * len(tensors), 2.6), sharex=True, sharey=True,
+                             squeeze=False)
+    for c, name in enumerate(tensors):
+        ax = axes[0, c]
+        sub = d[d["tensor"] == name]
+        for i, task in enumerate(tasks):
+            s = sub[sub["task"] == task]
+            ax.plot(s["step"], smoothed(s["ratio_to_target"], window), color=PALETTE[i + 1], lw=0.7, alpha=0.6)
+            ax.plot(s["step"], smoothed(s["applied_ratio"], window), color=PALETTE[i + 1], lw=1.8, label=task)
+        ax.axhline(1.0, color="black", lw=0.6, ls="--")
+        ax.set_yscale("log")
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel("step", fontsize=8)
+    axes[0, 0].set_ylabel(f"{label}: ‖g_aux‖ / ‖g_{target}‖\nthin: raw, thick: after balancing", fontsize=8)
+    axes[0, -1].legend(frameon=False, fontsize=7, title=f"vs {target}", title_fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def relax_sweep(summary: pd.DataFrame, metric: str = "ndcg@10", chosen: float | None = None) -> plt.Figure:
     """Mean ± std of `metric` against the relax factor, one line per strategy.
 

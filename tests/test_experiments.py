@@ -47,3 +47,13 @@ def test_study_methods_are_the_six_of_the_thesis():
     methods = study_methods(0.3)
     assert [m.balancer for m in methods] == list(METHODS)
     assert all(m.kwargs == {"relax_factor": 0.3} for m in methods if "metabalance" in m.balancer)
+
+
+def test_applied_ratio_is_the_raw_ratio_times_the_applied_weight():
+    from mbkit.experiments import with_applied_ratio
+
+    d = pd.DataFrame({"step": [0, 0, 0], "tensor": ["w"] * 3, "task": ["buy", "pv", "fav"],
+                      "ratio_to_target": [1.0, 4.0, 0.5], "weight": [1.0, 0.325, 1.3]})
+    assert with_applied_ratio(d)["applied_ratio"].tolist() == pytest.approx([1.0, 1.3, 0.65])
+    with pytest.raises(ValueError, match="carry no applied weights"):
+        with_applied_ratio(d.assign(weight=float("nan")))

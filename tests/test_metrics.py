@@ -356,3 +356,17 @@ def test_evaluate_with_the_real_model_and_task_data() -> None:
         assert_close_dict(got, slow_metrics(scores, train, held, KS))
         assert 0.0 < got["recall@20"] < 1.0
     assert model.training
+
+
+def test_the_popularity_floor_ranks_by_training_purchases_with_ties_by_index():
+    from types import SimpleNamespace
+
+    from mbkit.popularity import most_popular
+
+    # item 2 bought twice, items 0 and 3 once (3 also viewed, not counted), item 1 only viewed
+    data = SimpleNamespace(n_items=5, device=torch.device("cpu"),
+                           items=torch.tensor([2, 2, 0, 3, 1, 3]),
+                           labels=torch.tensor([[1, 0], [1, 1], [1, 0], [1, 0], [0, 1], [0, 1]], dtype=torch.float32))
+    scores = most_popular(data).score_items(torch.tensor([0, 7]))
+    assert scores.shape == (2, 5) and torch.equal(scores[0], scores[1])
+    assert scores[0].argsort(descending=True).tolist() == [2, 0, 3, 1, 4]
