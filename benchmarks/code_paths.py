@@ -12,7 +12,6 @@ validation NDCG@10 to 6 digits and the training time; runs whose hashes agree ar
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import subprocess

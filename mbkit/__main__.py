@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--mode", default="compact", choices=["compact", "dense"],
                    help="compact: only touched embedding rows are updated (SparseAdam semantics); dense: the original's dense Adam")
     t.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs")
+    t.add_argument("--test-mask", default="train", choices=["train", "train+valid"],
+                   help="what test ranking masks: training items (the study's protocol, default) or training and "
+                        "validation items")
     t.add_argument("--diagnostics-every", type=int, default=0, help="sample gradient diagnostics every N steps")
     t.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -148,7 +151,7 @@ def _train(args: argparse.Namespace) -> None:
     progress = False if args.no_progress or args.progress == "off" else args.progress
     config = TrainConfig(balancer=args.balancer, balancer_kwargs=kw, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, num_neg=args.num_neg, seed=args.seed,
-                         mode=args.mode, device=args.device, patience=args.patience,
+                         mode=args.mode, device=args.device, patience=args.patience, test_mask=args.test_mask,
                          diagnostics_every=args.diagnostics_every, amp=args.amp, progress=progress)
     _check_data_args(args)
     try:

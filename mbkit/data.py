@@ -9,8 +9,8 @@ The pipeline of the thesis (the original MetaBalance data code was never release
    every auxiliary behavior, and builds the training positives with one 0/1 label per task.
 4. `TaskData.batches` yields shuffled mini-batches with freshly drawn negatives, as device tensor slices.
 
-`synthesize` is the built-in default log (a documented generative model), used wherever no real file is
-given.
+The built-in default log (`mbkit.synthetic.synthesize`, a documented generative model) is used wherever
+no real file is given; `mbkit.data.synthesize` names it too.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -34,7 +34,7 @@ import polars as pl
 import torch
 from torch import Tensor
 
-from mbkit.metrics import csr_rows_mask
+from mbkit.csr import CSR, csr_from_keys, sorted_unique
 from mbkit.utils import resolve_device
 
 BEHAVIORS: tuple[str, ...] = ("pv", "cart", "fav", "buy")
@@ -541,6 +541,7 @@ def load_filtered(source: str | os.PathLike = "synthetic", *, target: str = "buy
     _check_thresholds(min_user_items, min_item_users)
     kw = dict(target=target, mode=mode, min_user_items=min_user_items, min_item_users=min_item_users)
     if isinstance(source, str) and source == "synthetic":
+        from mbkit.synthetic import synthesize
         raw = synthesize()
         filtered = filter_log(raw, **kw)
         filtered.attrs["source"] = "synthetic"
@@ -573,172 +574,6 @@ def load_filtered(source: str | os.PathLike = "synthetic", *, target: str = "buy
     return stats, filtered
 
 
-# --------------------------------------------------------------------------------------------------
-# The built-in default: a synthetic log in the raw schema
-
-# Rows per behavior in the real raw log (Table 1), the proportions `synthesize` calibrates to.
-_RAW_SHARE = {b: THESIS_STATS["raw"][b] / THESIS_STATS["raw"]["pv"] for b in BEHAVIORS}
-
-
-# Generative-model constants (see `synthesize`). They were set once so that the default log, after the
-# default 10/10 filter, has the real filtered log's shape (pv > buy > cart > fav, about 4-5 pv rows and
-# 0.5 cart rows per purchase) at about 1/20 of its size; nothing was tuned on any training result.
-_POP_EXP = 0.6        # Zipf exponent of item popularity
-_ACT_SIGMA = 1.1      # sigma of log-activity (distinct items viewed)
-_PROP_CORR = 0.5      # corr(purchase propensity, log-activity)
-_P_PREF = 0.75        # share of views in a preferred category
-_AUX_S = 0.5          # affinity loading of the cart and fav logits
-_BUY_S, _BUY_PROP, _BUY_CART, _BUY_FAV = 1.5, 2.0, 1.2, 0.8  # buy logit: affinity, propensity, cart, fav
-_NO_PV = 1 / 3        # purchased pairs whose views predate the window (no pv row)
-
-
-def _unique(a: np.ndarray) -> np.ndarray:
-    """Sorted distinct values (sort-based; numpy's hash-based `np.unique` is slower here)."""
-    a = np.sort(a)
-    return a[np.r_[True, a[1:] != a[:-1]]] if len(a) else a
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def _calibrate(score: np.ndarray, rate: float) -> float:
-    """Intercept a with mean(sigmoid(a + score)) == rate (bisection on a subsample)."""
-    lo, hi = -30.0, 30.0
-    for _ in range(50):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if _sigmoid(mid + score).mean() < rate else (lo, mid)
-    return (lo + hi) / 2
-
-
-def synthesize(n_users: int = 30_000, n_items: int = 10_000, seed: int = 0,
-               path: str | os.PathLike | None = None, *, n_categories: int = 400, dim: int = 16,
-               mean_views: float = 60.0) -> pd.DataFrame:
-    """The built-in default log: same schema and row format as `read_userbehavior` returns.
-
-    Generative model (all numpy, vectorised; `seed` fixes everything; constants `_POP_EXP` etc.):
-
-    - Categories have Zipf(1) sizes; each item belongs to one category. Item popularity is Zipf(0.6)
-      over a random item order (power law). Latent factors: category centroids m_c ~ N(0, I_dim); item
-      factor v_i = m_c(i) + 0.7 N(0, I); item appeal q_i ~ N(0, 0.5^2).
-    - Users prefer 1 + Poisson(1.5) categories (drawn by category popularity); user factor
-      w_u = mean of their centroids + 0.7 N(0, I). Activity (distinct items viewed) is log-normal with
-      mean `mean_views` and sigma 1.1; purchase propensity b_u ~ N(0, 1) correlates (0.5) with
-      log-activity. Together they give the heavy-buyer tail the >= 10 purchases filter needs.
-    - Each view picks a category (a preferred one with probability 0.75, else by popularity), then an
-      item in it by popularity. Affinity s = standardised <w_u, v_i> + q_i; a viewed pair gets
-      1 + Poisson(0.8 sigmoid(s)) page views.
-    - Funnel per viewed pair: cart ~ Bern(sigmoid(a_c + 0.5 s)), fav ~ Bern(sigmoid(a_f + 0.5 s)),
-      buy ~ Bern(sigmoid(a_b + 1.5 s + 2.0 b_u + 1.2 cart + 0.8 fav)), so purchases follow from the
-      latent factors and are likelier after cart/fav. The intercepts a_* are calibrated so that rows per
-      behavior have the real log's proportions (89.7 M pv : 5.5 M cart : 2.9 M fav : 2.0 M buy). A third
-      of purchased pairs were viewed before the window and have no pv row.
-    - Timestamps: a day in 2017-11-25 .. 2017-12-03 and an hour from an evening-peaked daily profile
-      (Asia/Shanghai); later views, cart and fav come after the first view, the purchase after those.
-
-    Ids are scattered over the real log's ranges (users 1..n_users, items and categories up to ~5.16 M).
-    Returns the rows sorted by (user_id, timestamp); with `path` (.csv, .csv.gz or .zip) also writes them
-    in the published format (no header). The default (seed 0) has 1.95 M rows (30,000 users, 10,000
-    items) and takes ~2 s; the default filter leaves 856 users, 935 items and 10,597 purchases (real
-    filtered log: 16,012 / 24,608 / 87,179).
-    """
-    if n_items < n_categories or min(n_users, n_categories, dim) < 1:
-        raise ValueError(f"need n_users, dim >= 1 and n_items >= n_categories >= 1; got n_users={n_users}, "
-                         f"n_items={n_items}, n_categories={n_categories}, dim={dim}")
-    rng = np.random.default_rng(seed)
-
-    # Categories, items, popularity, latent factors.
-    cat_w = 1.0 / np.arange(1, n_categories + 1)
-    item_cat = np.concatenate([np.arange(n_categories),  # every category gets at least one item
-                               rng.choice(n_categories, n_items - n_categories, p=cat_w / cat_w.sum())])
-    pop = 1.0 / rng.permutation(np.arange(1, n_items + 1)) ** _POP_EXP
-    centroids = rng.standard_normal((n_categories, dim))
-    item_f = centroids[item_cat] + 0.7 * rng.standard_normal((n_items, dim))
-    appeal = 0.5 * rng.standard_normal(n_items)
-    order = np.argsort(item_cat, kind="stable")  # items grouped by category
-    cum = np.cumsum(pop[order])
-    cat_start = np.searchsorted(item_cat[order], np.arange(n_categories))
-    cat_end = np.append(cat_start[1:], n_items)
-    cat_before = np.where(cat_start > 0, cum[cat_start - 1], 0.0)
-    cat_mass = cum[cat_end - 1] - cat_before
-
-    # Users: preferred categories, factors, activity, propensity.
-    n_pref = 1 + rng.poisson(1.5, n_users)
-    cat_cdf = np.cumsum(cat_mass)
-    pref = np.searchsorted(cat_cdf, rng.random((n_users, n_pref.max())) * cat_cdf[-1], side="right")
-    pref_mask = np.arange(pref.shape[1]) < n_pref[:, None]
-    user_f = (centroids[pref] * pref_mask[..., None]).sum(1) / n_pref[:, None]
-    user_f += 0.7 * rng.standard_normal((n_users, dim))
-    z_act = rng.standard_normal(n_users)
-    views = rng.poisson(np.exp(np.log(mean_views) - _ACT_SIGMA ** 2 / 2 + _ACT_SIGMA * z_act))
-    views = np.maximum(views, 1)
-    propensity = _PROP_CORR * z_act + np.sqrt(1 - _PROP_CORR ** 2) * rng.standard_normal(n_users)
-
-    # Views: category (preferred or by popularity), then item within the category by popularity.
-    v_user = np.repeat(np.arange(n_users), views)
-    n_v = len(v_user)
-    from_pref = rng.random(n_v) < _P_PREF
-    v_cat = np.searchsorted(cat_cdf, rng.random(n_v) * cat_cdf[-1], side="right")
-    pu_v = v_user[from_pref]
-    v_cat[from_pref] = pref[pu_v, (rng.random(len(pu_v)) * n_pref[pu_v]).astype(np.int64)]
-    pos = np.searchsorted(cum, cat_before[v_cat] + rng.random(n_v) * cat_mass[v_cat], side="right")
-    v_item = order[np.clip(pos, cat_start[v_cat], cat_end[v_cat] - 1)]
-    key = _unique(v_user.astype(np.int64) * n_items + v_item)  # distinct viewed pairs
-    pu, pi = key // n_items, key % n_items
-    n_p = len(key)
-
-    # Funnel.
-    aff = np.einsum("pd,pd->p", user_f.astype(np.float32)[pu], item_f.astype(np.float32)[pi]).astype(np.float64)
-    s = (aff - aff.mean()) / aff.std() + appeal[pi]
-    n_pv = 1 + rng.poisson(0.8 * _sigmoid(s))
-    total_pv = n_pv.sum()
-    sub = rng.choice(n_p, min(n_p, 100_000), replace=False)
-    score_aux = _AUX_S * s
-    cart = rng.random(n_p) < _sigmoid(_calibrate(score_aux[sub], _RAW_SHARE["cart"] * total_pv / n_p) + score_aux)
-    fav = rng.random(n_p) < _sigmoid(_calibrate(score_aux[sub], _RAW_SHARE["fav"] * total_pv / n_p) + score_aux)
-    score_b = _BUY_S * s + _BUY_PROP * propensity[pu] + _BUY_CART * cart + _BUY_FAV * fav
-    buy = rng.random(n_p) < _sigmoid(_calibrate(score_b[sub], _RAW_SHARE["buy"] * total_pv / n_p) + score_b)
-    n_pv = np.where(buy & (rng.random(n_p) < _NO_PV), 0, n_pv)
-
-    # Timestamps: evening-peaked hour profile, funnel steps after the first view.
-    hour_w = 1.0 + 2.0 * np.exp(-0.5 * ((np.arange(24) - 21) / 3.0) ** 2)
-    day = rng.integers(0, 9, n_p)
-    hour = np.searchsorted(np.cumsum(hour_w), rng.random(n_p) * hour_w.sum(), side="right")
-    t0 = WINDOW[0] + day * 86_400 + hour * 3600
-    t0 += rng.integers(0, 3600, n_p)
-    end = WINDOW[1] - 1
-    t_cart = t0 + rng.exponential(900.0, n_p).astype(np.int64)
-    t_fav = t0 + rng.exponential(900.0, n_p).astype(np.int64)
-    t_buy = np.maximum(t0, np.maximum(np.where(cart, t_cart, t0), np.where(fav, t_fav, t0)))
-    t_buy += rng.exponential(1800.0, n_p).astype(np.int64)
-    pv_pair = np.repeat(np.arange(n_p), n_pv)
-    first_view = np.r_[True, pv_pair[1:] != pv_pair[:-1]]  # later views of a pair come after the first
-    t_pv = t0[pv_pair] + np.where(first_view, 0, rng.exponential(3600.0, len(pv_pair)).astype(np.int64))
-
-    parts = [(pv_pair, 0, t_pv), (np.flatnonzero(cart), 1, t_cart[cart]), (np.flatnonzero(fav), 2, t_fav[fav]),
-             (np.flatnonzero(buy), 3, t_buy[buy])]
-    pair = np.concatenate([p for p, _, _ in parts])
-    code = np.concatenate([np.full(len(p), c, np.int8) for p, c, _ in parts])
-    ts = np.minimum(np.concatenate([t for _, _, t in parts]), end)
-    user, item = pu[pair], pi[pair]
-    rows = np.argsort((user << 22) | ((ts - WINDOW[0]) << 2) | code, kind="stable")  # by user, time, funnel
-
-    # Ids scattered like the real log's: users 1..n_users, items/categories up to ~5.16 M.
-    item_ids = np.sort(rng.choice(np.arange(1, max(5_163_071, n_items + 1)), n_items, replace=False))
-    cat_ids = rng.choice(np.arange(1, max(5_162_430, n_categories + 1)), n_categories, replace=False)
-    id_dtype = np.int32 if max(n_users, item_ids[-1], cat_ids.max()) < 2**31 else np.int64
-    log = pd.DataFrame({
-        "user_id": (user[rows] + 1).astype(id_dtype),
-        "item_id": item_ids[item[rows]].astype(id_dtype),
-        "category_id": cat_ids[item_cat[item[rows]]].astype(id_dtype),
-        "behavior": pd.Categorical.from_codes(code[rows], categories=list(BEHAVIORS)),
-        "timestamp": ts[rows].astype(np.int64),
-    })
-    if path is not None:
-        write_userbehavior(log, path)
-    return log
-
-
 def write_userbehavior(log: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write a log in the published format (no header; `.csv`, `.csv.gz`, or `.zip` holding UserBehavior.csv)."""
     path = Path(path)
@@ -763,27 +598,6 @@ def write_userbehavior(log: pd.DataFrame, path: str | os.PathLike) -> Path:
 
 # --------------------------------------------------------------------------------------------------
 # Split and device-resident task samples
-
-
-class CSR(NamedTuple):
-    """Rows of column indices: row r holds `indices[indptr[r]:indptr[r + 1]]` (sorted)."""
-
-    indptr: Tensor  # (n_rows + 1,) int64
-    indices: Tensor  # (nnz,) int64
-
-    def row_lengths(self) -> Tensor:
-        return self.indptr[1:] - self.indptr[:-1]
-
-    def mask(self, rows: Tensor, n_cols: int) -> Tensor:
-        """Dense bool (len(rows), n_cols) membership mask of the given rows (e.g. for ranking)."""
-        return csr_rows_mask(self.indptr, self.indices, rows, n_cols)
-
-
-def _csr(keys: np.ndarray, n_rows: int, n_cols: int, device: torch.device) -> CSR:
-    """CSR from sorted distinct keys row * n_cols + col."""
-    indptr = np.zeros(n_rows + 1, np.int64)
-    np.cumsum(np.bincount(keys // n_cols, minlength=n_rows), out=indptr[1:])
-    return CSR(torch.from_numpy(indptr).to(device), torch.from_numpy(keys % n_cols).to(device))
 
 
 @dataclass(repr=False)
@@ -921,7 +735,7 @@ def build_task_data(log: pd.DataFrame, *, target: str = "buy", seed: int = 0,
     item_ids, items = np.unique(log["item_id"].to_numpy(), return_inverse=True)
     n_users, n_items = len(user_ids), len(item_ids)
     keys = users.astype(np.int64) * n_items + items
-    task_keys = {b: _unique(keys[codes == BEHAVIORS.index(b)]) for b in tasks}
+    task_keys = {b: sorted_unique(keys[codes == BEHAVIORS.index(b)]) for b in tasks}
 
     bought = task_keys[target]
     perm = np.random.default_rng(seed).permutation(len(bought))
@@ -932,7 +746,7 @@ def build_task_data(log: pd.DataFrame, *, target: str = "buy", seed: int = 0,
     held = np.union1d(valid, test)
     task_keys = {b: train_buy if b == target else k[~np.isin(k, held, assume_unique=True)]
                  for b, k in task_keys.items()}
-    positives = _unique(np.concatenate(list(task_keys.values())))
+    positives = sorted_unique(np.concatenate(list(task_keys.values())))
     labels = np.stack([np.isin(positives, task_keys[b], assume_unique=True) for b in tasks], axis=1)
 
     return TaskData(
@@ -940,9 +754,9 @@ def build_task_data(log: pd.DataFrame, *, target: str = "buy", seed: int = 0,
         users=torch.from_numpy(positives // n_items).to(device),
         items=torch.from_numpy(positives % n_items).to(device),
         labels=torch.from_numpy(labels.astype(np.float32)).to(device),
-        train_csr=_csr(positives, n_users, n_items, device),
-        valid_csr=_csr(valid, n_users, n_items, device),
-        test_csr=_csr(test, n_users, n_items, device),
+        train_csr=csr_from_keys(positives, n_users, n_items, device),
+        valid_csr=csr_from_keys(valid, n_users, n_items, device),
+        test_csr=csr_from_keys(test, n_users, n_items, device),
         user_ids=user_ids, item_ids=item_ids,
         meta={"source": log.attrs.get("source"), "filter": log.attrs.get("filter"), "split_seed": int(seed),
               "fractions": [float(f) for f in fractions]},
@@ -988,3 +802,11 @@ def check_no_leakage(data: TaskData) -> None:
     overlap = int(torch.isin(keys(data.valid_csr), keys(data.test_csr)).sum())
     if overlap:
         raise LeakageError(f"{overlap} pairs are in both valid and test; rebuild the data with build_task_data")
+
+
+def __getattr__(name: str) -> Any:
+    # `mbkit.data.synthesize` stays where users found it; the world model itself lives in mbkit.synthetic
+    if name == "synthesize":
+        from mbkit.synthetic import synthesize
+        return synthesize
+    raise AttributeError(f"module 'mbkit.data' has no attribute {name!r}")

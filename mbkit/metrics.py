@@ -32,9 +32,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mbkit.csr import csr_rows_mask
+
 SPLITS: tuple[str, ...] = ("valid", "test")
 SCORE_BYTES_PER_BATCH: int = 256 * 2**20  # evaluate's default budget for one batch's (U, n_items) float32 scores
 METRICS: tuple[str, ...] = ("ndcg", "recall", "precision")
+
+
+MASKS = ("train", "train+valid")  # what test ranking masks; "train" is the study's protocol
 
 
 def metric_keys(ks: Sequence[int] = (10, 20)) -> list[str]:
@@ -102,37 +107,27 @@ def rank_metrics(
     return mean_metrics(per_user_metrics(scores, train_mask, heldout, ks), ks)
 
 
-def csr_rows_mask(indptr: Tensor, indices: Tensor, rows: Tensor, n_cols: int) -> Tensor:
-    """Dense (len(rows), n_cols) bool mask of the CSR rows `rows` (indptr (n_rows+1,), indices (nnz,))."""
-    starts, ends = indptr[rows], indptr[rows + 1]
-    counts = ends - starts  # (U,)
-    total = int(counts.sum())
-    mask = torch.zeros(len(rows), n_cols, dtype=torch.bool, device=indices.device)
-    if total == 0:
-        return mask
-    row = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), counts, output_size=total)
-    first = torch.repeat_interleave(starts - (counts.cumsum(0) - counts), counts, output_size=total)
-    pos = first + torch.arange(total, device=rows.device)  # position of each entry in `indices`
-    mask.index_put_((row, indices[pos]), torch.tensor(True, device=mask.device))
-    return mask
-
-
 def evaluate_per_user(
     model: Any,
     data: Any,
     split: str = "valid",
     ks: Sequence[int] = (10, 20),
     batch_users: int | None = None,
+    mask: str = "train",
 ) -> dict[str, Tensor]:
     """Per-user metrics of `model` on `data.eval_users(split)`, in batches of users on the model's device.
 
     Returns {"user": (n,) int64, "ndcg@K", ..., "n_heldout"} on the model's device, rows in eval_users order.
     `batch_users=None` picks the largest batch whose float32 scores fit in SCORE_BYTES_PER_BATCH (256 MiB).
+    `mask`: "train" masks each user's training items (the study's protocol); "train+valid" also masks the
+    user's validation items when ranking the test split.
     Uses only the contract attributes: model.score_items(users) -> (U, n_items), data.n_items,
     data.train_csr, data.{split}_csr, data.eval_users(split) (and data.device for a parameter-free model).
     """
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is not one of {SPLITS}; use 'valid' for model selection, 'test' to report")
+    if mask not in MASKS:
+        raise ValueError(f"mask={mask!r}; use 'train' (training items, the study's protocol) or 'train+valid'")
     ks = _check_ks(ks)
     n_items = int(data.n_items)
     if max(ks) > n_items:
@@ -145,6 +140,7 @@ def evaluate_per_user(
     device = _model_device(model, data)
     train_ptr, train_idx = (t.to(device) for t in data.train_csr)
     held_ptr, held_idx = (t.to(device) for t in getattr(data, f"{split}_csr"))
+    also = [t.to(device) for t in data.valid_csr] if mask == "train+valid" and split == "test" else None
     users = data.eval_users(split).to(device=device, dtype=torch.long)
 
     parts: list[dict[str, Tensor]] = []
@@ -163,6 +159,8 @@ def evaluate_per_user(
                         f"model.score_items returned shape {tuple(scores.shape)}, expected ({len(batch)}, {n_items})"
                     )
                 train_mask = csr_rows_mask(train_ptr, train_idx, batch, n_items)  # (U, n_items)
+                if also is not None:
+                    train_mask |= csr_rows_mask(also[0], also[1], batch, n_items)
                 heldout = csr_rows_mask(held_ptr, held_idx, batch, n_items)
                 overlap += (train_mask & heldout).sum()
                 bad_scores |= ~torch.isfinite(scores).all()
@@ -193,14 +191,16 @@ def evaluate(
     split: str = "valid",
     ks: Sequence[int] = (10, 20),
     batch_users: int | None = None,
+    mask: str = "train",
 ) -> dict[str, float]:
     """Full-ranking NDCG/Recall/Precision@K of `model` on the "valid" or "test" split of `data` (a TaskData).
 
     Ranks all items by the target tower (`model.score_items`), masks each user's training items (train_csr)
     and compares with the held-out items of the split; the model is put in eval mode and its mode restored.
     Results do not depend on `batch_users` (per-user values are concatenated, then averaged once).
+    `mask="train+valid"` also masks the validation items when ranking the test split.
     """
-    return mean_metrics(evaluate_per_user(model, data, split, ks, batch_users), ks)
+    return mean_metrics(evaluate_per_user(model, data, split, ks, batch_users, mask), ks)
 
 
 def _check_ks(ks: Sequence[int]) -> list[int]:

@@ -156,7 +156,7 @@ def comparison(summary: pd.DataFrame, metrics: Iterable[str] = ("ndcg@10", "reca
                yerr=[row[f"{m}_std"] for m in metrics], capsize=2, color=PALETTE[i], label=label)
     ax.set_xticks(x, [m.upper() for m in metrics])
     ax.set_ylabel("test metric")
-    ax.legend(frameon=False, fontsize=7)
+    ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.12), ncol=2)
     if seconds is not None:
         ax2 = axes[0, 1]
         ax2.barh(np.arange(len(seconds)), seconds.to_numpy(), color=[PALETTE[i] for i in range(len(seconds))])

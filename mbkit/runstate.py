@@ -31,7 +31,9 @@ SCHEMA = "mbkit-run/2"
 # the run is watched or evaluated in batches, never what is trained. (Not diagnostics_every: it moves
 # Vanilla from its one-backward path to the per-task one, whose float sums differ in their last bits.)
 RESUMABLE_CHANGES: frozenset[str] = frozenset(
-    {"epochs", "patience", "progress", "device", "eval_batch_users", "nan_check_every"})
+    {"epochs", "patience", "progress", "device", "eval_batch_users", "nan_check_every", "test_mask"})
+# Settings added after runs were recorded without them: such a run behaved as the value given here.
+LATER_SETTINGS: dict[str, Any] = {"test_mask": "train"}
 RUN_FILES: tuple[str, ...] = ("last.pt", "nonfinite.pt", "metrics.json", "history.csv", "diagnostics.csv")
 _CHECKPOINT_KEYS = frozenset({"schema", "config", "fingerprint", "code", "resumes", "epoch", "resumable",
                               "model", "optimizers", "balancer", "sampler_rng", "torch_rng", "cuda_rng",
@@ -104,8 +106,11 @@ def _plain(x: Any) -> Any:
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """{setting: (saved, current)} for every setting whose value differs (tuples and lists compare equal)."""
+    """{setting: (saved, current)} for every setting whose value differs (tuples and lists compare equal);
+    a run configuration saved before a setting of `LATER_SETTINGS` existed has that setting's value."""
     saved, current = _plain(saved), _plain(current)
+    if "balancer" in saved:  # a run configuration (not a data fingerprint)
+        saved = {**LATER_SETTINGS, **saved}
     return {k: (saved.get(k), current.get(k)) for k in sorted(set(saved) | set(current))
             if saved.get(k) != current.get(k)}
 

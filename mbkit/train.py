@@ -27,7 +27,7 @@ import torch
 from mbkit import balancers as _balancers
 from mbkit.data import TaskData
 from mbkit.grads import GradEngine, grad_stats
-from mbkit.metrics import evaluate, metric_keys
+from mbkit.metrics import MASKS, evaluate, metric_keys
 from mbkit.model import ModelConfig, SharedBottomNeuMF
 from mbkit.optim import make_optimizers
 from mbkit.progress import check_progress, progress_bar
@@ -64,6 +64,8 @@ class TrainConfig:
                                               # never applied), 50 on CUDA (avoids a sync per step; up to 49 bad
                                               # steps may be applied before the run stops)
     eval_batch_users: int | None = None       # users per ranking batch (None: chosen from the item count)
+    test_mask: str = "train"                  # test ranking masks training items ("train", the study's protocol)
+                                              # or training and validation items ("train+valid")
     progress: bool | str = True               # epoch bar: True/"auto" (widget in JupyterLab), "text", False
     emb_dim: int = 64                         # model sizes (NeuMF defaults of the study)
     mlp_layers: tuple[int, ...] = (32, 16, 8)
@@ -88,6 +90,8 @@ class TrainConfig:
             raise ValueError(f"eval_batch_users={self.eval_batch_users} must be >= 1 (or None to choose it)")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        if self.test_mask not in MASKS:
+            raise ValueError(f"test_mask={self.test_mask!r}; use 'train' (the study's protocol) or 'train+valid'")
         check_progress(self.progress)
         if not isinstance(self.balancer_kwargs, dict):
             raise ValueError(f"balancer_kwargs must be a dict, got {type(self.balancer_kwargs).__name__}")
@@ -338,7 +342,7 @@ def fit(data: TaskData, config: TrainConfig | None = None, *, checkpoint_dir: st
     best = run.best
     if best["weights"] is not None:
         model.load_state_dict(best["weights"])
-    test = evaluate(model, data, "test", batch_users=config.eval_batch_users)
+    test = evaluate(model, data, "test", batch_users=config.eval_batch_users, mask=config.test_mask)
     return FitResult(history=pd.DataFrame(run.history), best_epoch=best["epoch"], valid=best["valid"], test=test,
                      diagnostics=(_diagnostics_frame(run.diagnostics, names, data.tasks)
                                   if config.diagnostics_every else None),

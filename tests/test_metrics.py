@@ -370,3 +370,24 @@ def test_the_popularity_floor_ranks_by_training_purchases_with_ties_by_index():
     scores = most_popular(data).score_items(torch.tensor([0, 7]))
     assert scores.shape == (2, 5) and torch.equal(scores[0], scores[1])
     assert scores[0].argsort(descending=True).tolist() == [2, 0, 3, 1, 4]
+
+
+def test_test_ranking_can_also_mask_validation_items():
+    from types import SimpleNamespace
+
+    from mbkit.metrics import evaluate
+    from mbkit.popularity import MostPopular
+
+    def csr(item):
+        return (torch.tensor([0, 1]), torch.tensor([item]))
+
+    # one user: trained on item 0, validation purchase 1, test purchase 2; the scores rank 1 > 2 > 3 > 0
+    data = SimpleNamespace(n_items=4, device=torch.device("cpu"), train_csr=csr(0), valid_csr=csr(1), test_csr=csr(2),
+                           eval_users=lambda split: torch.tensor([0]))
+    model = MostPopular(torch.tensor([0.0, 4.0, 3.0, 2.0]))
+    only_train = evaluate(model, data, "test", ks=(2,))
+    assert only_train["ndcg@2"] == pytest.approx(1 / math.log2(3))  # the validation item takes rank 1
+    assert evaluate(model, data, "test", ks=(2,), mask="train+valid")["ndcg@2"] == pytest.approx(1.0)
+    assert evaluate(model, data, "valid", ks=(2,), mask="train+valid") == evaluate(model, data, "valid", ks=(2,))
+    with pytest.raises(ValueError, match="mask='valid'; use 'train'"):
+        evaluate(model, data, "test", mask="valid")

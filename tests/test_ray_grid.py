@@ -5,7 +5,6 @@ bit for bit."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal

@@ -324,3 +324,14 @@ def test_resume_refuses_a_patience_that_would_have_stopped_the_run_earlier():
         check_resume(ckpt, strict, None, "last.pt")
     loose = dataclasses.asdict(TrainConfig(epochs=8, patience=2, progress=False))
     assert "patience" in check_resume(ckpt, loose, None, "last.pt")
+
+
+def test_a_record_from_before_a_later_setting_reads_as_its_old_behaviour():
+    from mbkit.runstate import LATER_SETTINGS, config_differences
+
+    now = dataclasses.asdict(CFG)
+    before = {k: v for k, v in now.items() if k not in LATER_SETTINGS}
+    assert config_differences(before, now) == {}
+    assert config_differences(before, {**now, "test_mask": "train+valid"}) == {"test_mask": ("train", "train+valid")}
+    with pytest.raises(ValueError, match="test_mask='valid'; use 'train'"):
+        dataclasses.replace(CFG, test_mask="valid")
