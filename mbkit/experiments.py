@@ -19,6 +19,7 @@ from scipy import stats
 from mbkit.data import TaskData
 from mbkit.progress import progress_bar
 from mbkit.record import read_json
+from mbkit.runlog import finished_line, run_log
 from mbkit.runstate import CheckpointError, RunDirError, code_version, config_differences, data_fingerprint
 from mbkit.train import TrainConfig, fit
 
@@ -181,7 +182,6 @@ def run_grid(data: TaskData, methods: Iterable[Method], seeds: Iterable[int], ba
                 if folders[i] is None:
                     records[i] = _train_one(data, m, s, cfg, None, on_run, bar, f"run {i + 1}/{len(plan)}")
                     continue
-                from mbkit.ray_grid import finished_line, run_log
                 with run_log(folders[i], capture=False):
                     records[i] = _train_one(data, m, s, cfg, folders[i], on_run, bar, f"run {i + 1}/{len(plan)}")
                     with open(folders[i] / "run.log", "a") as log:

@@ -15,23 +15,18 @@ Ray is an optional extra: `pip install 'mbkit[ray]'` (the lock file pins it).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import platform
 import signal
 import socket
 import threading
 import time
-import traceback
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from mbkit.progress import progress_bar
-
-LOG = "run.log"
+from mbkit.runlog import LOG, finished_line, run_log
 
 
 class GridError(RuntimeError):
@@ -99,54 +94,6 @@ def resources(device: str, runs_per_gpu: int, cpus_per_run: int) -> dict[str, fl
     if device.startswith("cuda") and not gpus:
         raise ValueError(f"device={device!r}, but the Ray cluster has no GPU; use device='auto' or 'cpu'")
     return {"num_cpus": cpus_per_run, "num_gpus": (1.0 / runs_per_gpu) if wants_gpu and gpus else 0}
-
-
-def _header(folder: Path, attempt_note: str) -> str:
-    gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
-    return (f"== {datetime.now(timezone.utc).isoformat(timespec='seconds')} {attempt_note} on "
-            f"{socket.gethostname()} (pid {os.getpid()}, {platform.machine()}, torch threads "
-            f"{torch.get_num_threads()}{f', CUDA_VISIBLE_DEVICES={gpu}' if gpu else ''}) in {folder}")
-
-
-@contextlib.contextmanager
-def _exclusive(folder: Path, log: Any) -> Iterator[None]:
-    """Hold the run's lock file while it trains: a worker of a killed driver that is still finishing this
-    run (Ray needs seconds to notice) makes a re-submitted grid's task wait instead of writing beside it.
-    The lock dies with its process. Without fcntl (Windows) runs are not locked."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(folder / ".lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"== waiting: another process holds {folder / '.lock'} (this run is being trained there)", file=log)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-@contextlib.contextmanager
-def run_log(folder: Path, capture: bool) -> Iterator[None]:
-    """Append one attempt of a run to its `run.log`: a header (time, host, threads), the traceback if it
-    fails and a last line if it finishes; `capture` also sends the run's stdout and stderr there (Ray)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOG, "a", buffering=1) as log, _exclusive(folder, log):
-        print(_header(folder, "resumed from last.pt" if (folder / "last.pt").is_file() else "started"), file=log)
-        with contextlib.ExitStack() as stack:
-            if capture:
-                stack.enter_context(contextlib.redirect_stdout(log))
-                stack.enter_context(contextlib.redirect_stderr(log))
-            try:
-                yield
-            except BaseException:
-                traceback.print_exc(file=log)
-                raise
-
-
-def finished_line(summary: dict[str, Any]) -> str:
-    return f"== finished: best epoch {summary['best_epoch']}, test ndcg@10 {summary['test']['ndcg@10']:.6f}"
 
 
 def run_task(data: Any, fingerprint: dict[str, Any], method: Any, seed: int, cfg: Any, folder: str,
