@@ -124,7 +124,9 @@ def run_on_ray(data: Any, fingerprint: dict[str, Any], jobs: list[tuple[int, Any
     """Submit `jobs` ((index, method, seed, config, folder) each) as Ray tasks; return {index: summary}.
 
     One bar over runs shows finished / running / failed counts (running: a task has written its log since
-    the grid started). Interrupting the driver cancels the tasks still running and re-raises.
+    the grid started). An interrupted driver shuts down the local Ray it started, with the tasks still
+    running; on a cluster those tasks end with the driver's process (Ray fails a dead driver's tasks). They
+    are not cancelled one by one: a task finishing during `ray.cancel` can crash Ray's driver (Ray 2.60).
     """
     from mbkit.experiments import run_name
 
@@ -132,8 +134,9 @@ def run_on_ray(data: Any, fingerprint: dict[str, Any], jobs: list[tuple[int, Any
     ours = connect(address)
     main = threading.current_thread() is threading.main_thread()
     # ray.init replaced the SIGTERM handler with one that aborts; the caller's (e.g. the command line's,
-    # which ends the grid as Ctrl-C does) is put back while the grid runs
-    sigterm = signal.signal(signal.SIGTERM, _term_handler) if main and ours else None
+    # which ends the grid as Ctrl-C does) is put back, for the grid and after it
+    if main and ours:
+        signal.signal(signal.SIGTERM, _term_handler)
     try:
         request = resources(jobs[0][3].device, runs_per_gpu, cpus_per_run)
         ref = ray.put(data.to("cpu") if str(data.device) != "cpu" else data)
@@ -167,10 +170,6 @@ def run_on_ray(data: Any, fingerprint: dict[str, Any], jobs: list[tuple[int, Any
                     bar.set_postfix_str(counts, refresh=not ready)
                     bar.update(len(ready))
                     shown = counts
-        except KeyboardInterrupt:
-            for r in pending:
-                ray.cancel(r, force=True)
-            raise
         finally:
             if bar is not None:
                 bar.close()
@@ -186,5 +185,5 @@ def run_on_ray(data: Any, fingerprint: dict[str, Any], jobs: list[tuple[int, Any
     finally:
         if ours:
             ray.shutdown()
-        if sigterm is not None:
-            signal.signal(signal.SIGTERM, sigterm)
+            if main:
+                signal.signal(signal.SIGTERM, _term_handler)

@@ -70,8 +70,12 @@ def test_relax_factor_choice_follows_the_documented_rule():
 def test_method_comparison_table_is_consistent():
     record = load("04_method_comparison.json")
     table = pd.DataFrame(record["table"]).set_index("method")
-    assert len(table) == 6 and table.index[0] == "Vanilla"
+    assert len(table) == 8 and table.index[0] == "Vanilla"
     assert f"MetaBalance (r={record['relax_factor']:g})" in table.index
+    # the floors: the target alone, and items by training purchases (no seed, so no spread)
+    single, popular = table.loc["Single task (target only)"], table.loc["Most popular (training purchases)"]
+    assert popular["n_seeds"] == 1 and (popular.filter(like="_std") == 0).all()
+    assert table.loc["Vanilla", "ndcg@10_mean"] > single["ndcg@10_mean"] > popular["ndcg@10_mean"]
     for m in METRICS:
         assert ((table[f"{m}_mean"] > 0) & (table[f"{m}_mean"] < 1)).all()
     assert (table["recall@20_mean"] >= table["recall@10_mean"]).all()
