@@ -461,6 +461,17 @@ def table1_comparison(stats: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([stats[list(STATS_COLUMNS)], thesis]).astype("int64")
 
 
+def table1_ratios(stats: pd.DataFrame) -> pd.DataFrame:
+    """Table 1 as shape rather than size: purchases per user and per item, and each auxiliary behavior's rows
+    per purchase, for every row of `table1_comparison`'s output (or of `load_filtered`'s stats)."""
+    buy = stats["buy"].astype("float64")
+    out = pd.DataFrame({"buy per user": buy / stats["users"], "buy per item": buy / stats["items"]})
+    for b in BEHAVIORS:
+        if b != "buy":
+            out[f"{b} per buy"] = stats[b] / buy
+    return out
+
+
 def raw_behavior_counts(stats: pd.DataFrame) -> pd.Series:
     """Rows per behavior of the raw log (behavior -> count, in `BEHAVIORS` order) from `load_filtered`'s stats."""
     return stats.loc["raw", list(BEHAVIORS)].astype("int64").rename("raw")

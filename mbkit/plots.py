@@ -165,3 +165,31 @@ def comparison(summary: pd.DataFrame, metrics: Iterable[str] = ("ndcg@10", "reca
         ax2.set_xlabel("training seconds per run (mean)")
     fig.tight_layout()
     return fig
+
+
+def balance_map(changes: pd.DataFrame, metric: str = "NDCG@10") -> plt.Figure:
+    """One heatmap per method: rows alignment, columns volume, colour the paired change over Vanilla in
+    percent; each cell is annotated with the change and its confidence interval, in bold where the interval
+    excludes 0. `changes` is `balance_map.paired_change(...)`'s table."""
+    methods = list(dict.fromkeys(changes["method"]))
+    spread = np.abs(changes[["change_pct", "ci_low_pct", "ci_high_pct"]].to_numpy(float))
+    lim = max(float(spread[np.isfinite(spread)].max(initial=0.0)), 1.0)
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.6), squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        c = changes[changes["method"] == method]
+        grid = c.pivot_table(index="alignment", columns="volume", values="change_pct", sort=True)
+        lo = c.pivot_table(index="alignment", columns="volume", values="ci_low_pct", sort=True)
+        hi = c.pivot_table(index="alignment", columns="volume", values="ci_high_pct", sort=True)
+        im = ax.imshow(grid.to_numpy(), cmap="RdBu", vmin=-lim, vmax=lim, origin="lower", aspect="auto")
+        for (i, j), v in np.ndenumerate(grid.to_numpy()):
+            clear = lo.iat[i, j] > 0 or hi.iat[i, j] < 0  # False for one seed (no interval)
+            ci = f"\n[{lo.iat[i, j]:+.1f}, {hi.iat[i, j]:+.1f}]" if np.isfinite(lo.iat[i, j]) else ""
+            ax.text(j, i, f"{v:+.1f}%{ci}", ha="center", va="center", fontsize=7,
+                    fontweight="bold" if clear else "normal")
+        ax.set_xticks(range(grid.shape[1]), [f"{v:g}" for v in grid.columns])
+        ax.set_yticks(range(grid.shape[0]), [f"{a:g}" for a in grid.index])
+        ax.set_xlabel("volume of the auxiliary behaviors")
+        ax.set_ylabel("alignment with the target")
+        ax.set_title(method, fontsize=9)
+    fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label=f"test {metric} change over Vanilla, %")
+    return fig

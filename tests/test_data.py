@@ -12,7 +12,7 @@ import torch
 
 from mbkit.data import (BEHAVIORS, COLUMNS, DEFAULT_FILTER_MODE, STATS_COLUMNS, WINDOW, build_task_data,
                         check_no_leakage, filter_log, load_filtered, log_stats, raw_behavior_counts,
-                        read_userbehavior, sample_summary, synthesize, table1_comparison, thesis_stats,
+                        read_userbehavior, sample_summary, synthesize, table1_comparison, table1_ratios, thesis_stats,
                         write_userbehavior, LeakageError)
 from mbkit.utils import make_generator
 
@@ -574,3 +574,13 @@ def test_leakage_check_survives_python_O(tmp_path):
     )
     out = subprocess.run([sys.executable, "-O", "-c", script], capture_output=True, text=True, timeout=300)
     assert "raised: 1 test buy pairs are training positives" in out.stdout, out.stderr[-2000:]
+
+
+def test_table1_ratios_of_the_thesis_filtered_log():
+    ratios = table1_ratios(table1_comparison(load_filtered("synthetic")[0]))
+    thesis = ratios.loc["thesis filtered"]
+    # Table 1 (filtered): 87,179 purchases by 16,012 users of 24,608 items; 383,648 pv, 51,985 cart, 19,039 fav
+    assert thesis["buy per user"] == pytest.approx(87_179 / 16_012)
+    assert thesis["buy per item"] == pytest.approx(87_179 / 24_608)
+    assert [round(thesis[f"{b} per buy"], 4) for b in ("pv", "cart", "fav")] == [4.4007, 0.5963, 0.2184]
+    assert list(ratios.index) == ["raw", "filtered", "thesis raw", "thesis filtered"]

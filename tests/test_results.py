@@ -30,7 +30,7 @@ def load(name: str) -> dict:
 
 def test_every_record_has_provenance_and_parameters():
     for name in ("01_data_filtering.json", "02_gradient_imbalance.json", "03_relax_factor.json",
-                 "04_method_comparison.json"):
+                 "04_method_comparison.json", "05_balance_map.json"):
         record = load(name)
         assert {"git_commit", "torch", "device", "python"} <= set(record["provenance"]), name
         assert record["params"]["data"], name
@@ -85,3 +85,23 @@ def test_method_comparison_table_is_consistent():
         assert rel.loc[method, "ndcg@10"] == pytest.approx(expected, abs=1e-9)
     # every method learns far more than a random ranker (about 10 / n_items = 0.01 here)
     assert (table["ndcg@10_mean"] > 0.05).all()
+
+
+def test_balance_map_is_complete_and_its_dials_act():
+    record = load("05_balance_map.json")
+    p = record["params"]
+    cells = {(a, v) for a in p["alignments"] for v in p["volumes"]}
+    worlds = pd.DataFrame(record["worlds"]).set_index(["alignment", "volume"])
+    assert set(worlds.index) == cells
+    table = pd.DataFrame(record["table"])
+    assert len(table) == 3 * len(cells) and (table["n_seeds"] == len(p["seeds"])).all()
+    changes = pd.DataFrame(record["changes"])
+    assert len(changes) == 2 * len(cells) and "Vanilla" not in set(changes["method"])
+    assert (changes["ci_low_pct"] <= changes["change_pct"]).all() and (changes["change_pct"] <= changes["ci_high_pct"]).all()
+    # the dials reach the model: less volume, fewer auxiliary pairs per purchase; less alignment, fewer carts
+    lo_a, hi_a, lo_v, hi_v = min(p["alignments"]), max(p["alignments"]), min(p["volumes"]), max(p["volumes"])
+    assert worlds.loc[(hi_a, lo_v), "pv per purchase"] < worlds.loc[(hi_a, hi_v), "pv per purchase"]
+    assert worlds.loc[(lo_a, hi_v), "cart per purchase"] < worlds.loc[(hi_a, hi_v), "cart per purchase"]
+    # auxiliary behaviors that follow the purchase preference teach the shared layers more than unrelated ones
+    vanilla = table[table["method"] == "Vanilla"].set_index(["alignment", "volume"])["ndcg@10_mean"]
+    assert vanilla.loc[(hi_a, hi_v)] > vanilla.loc[(lo_a, hi_v)]
