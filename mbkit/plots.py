@@ -177,9 +177,9 @@ def balance_map(changes: pd.DataFrame, metric: str = "NDCG@10") -> plt.Figure:
     fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.6), squeeze=False)
     for ax, method in zip(axes[0], methods):
         c = changes[changes["method"] == method]
-        grid = c.pivot_table(index="alignment", columns="volume", values="change_pct", sort=True)
-        lo = c.pivot_table(index="alignment", columns="volume", values="ci_low_pct", sort=True)
-        hi = c.pivot_table(index="alignment", columns="volume", values="ci_high_pct", sort=True)
+        # pivot, not pivot_table: one seed gives NaN intervals, which pivot_table would drop
+        grid, lo, hi = (c.pivot(index="alignment", columns="volume", values=v).sort_index().sort_index(axis=1)
+                        for v in ("change_pct", "ci_low_pct", "ci_high_pct"))
         im = ax.imshow(grid.to_numpy(), cmap="RdBu", vmin=-lim, vmax=lim, origin="lower", aspect="auto")
         for (i, j), v in np.ndenumerate(grid.to_numpy()):
             clear = lo.iat[i, j] > 0 or hi.iat[i, j] < 0  # False for one seed (no interval)

@@ -76,3 +76,17 @@ def test_run_map_trains_every_cell_and_reuses_records(tmp_path):
     again, _ = run_map(w, [1.0], [0.25, 1.0], methods, [0, 1], cfg, device="cpu", runs_dir=tmp_path)
     cols = ["alignment", "volume", "method", "seed", "test_ndcg@10"]
     pd.testing.assert_frame_equal(again[cols], runs[cols])
+
+
+def test_the_map_draws_with_one_seed_and_with_several():
+    from mbkit import plots
+
+    one = paired_change(pd.concat([_runs({"Vanilla": [0.1], "MB": [0.12]}, (a, v)) for a in (0.0, 1.0)
+                                   for v in (0.25, 1.0)]))
+    assert one["ci_low"].isna().all()  # no interval from one seed
+    for changes in (one, paired_change(pd.concat([_runs({"Vanilla": [0.1, 0.11], "MB": [0.12, 0.12]}, (a, 1.0))
+                                                  for a in (0.0, 1.0)]))):
+        fig = plots.balance_map(changes)
+        texts = [t.get_text() for t in fig.axes[0].texts]
+        assert len(texts) == changes["method"].eq("MB").sum()
+        plots.plt.close(fig)
