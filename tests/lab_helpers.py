@@ -93,18 +93,22 @@ class SmokeNotebook:
     n_cells: int
     code_cells: list[int]           # indices (in the smoke copy) of the code cells
     figure_cells: list[int]         # indices of the code cells whose committed outputs hold an image
-    runs_grid: bool                 # a cell calls mbkit.experiments.run_grid
+    runs_grid: bool                 # a cell calls mbkit.experiments.run_grid (or balance_map.run_map, which calls it)
     grid_progress: bool             # ... and does not turn its progress bar off (see grid_shows_progress)
     broken: bool = False            # a raising cell was injected (MBKIT_LAB_BREAK)
     source: Path = field(default=Path())
 
 
+GRID_CALL = re.compile(r"\brun_(?:grid|map)\(")  # the calls that train a grid with one progress bar
+
+
 def grid_shows_progress(source: str) -> bool:
     """Whether a cell calls run_grid with its progress bar on: run_grid's `progress=` if given, else the
     TrainConfig's (`progress=False` there turns the bar off; run_grid's default is `base.progress`)."""
-    if "run_grid(" not in source:
+    if not GRID_CALL.search(source):
         return False
-    explicit = re.search(r"run_grid\([^)]*\bprogress\s*=\s*([^,)\s]+)", source)
+    # the call's arguments, allowing one level of nested parentheses (e.g. run_map(..., map_methods(r), ...))
+    explicit = re.search(r"\brun_(?:grid|map)\((?:[^()]|\([^()]*\))*?\bprogress\s*=\s*([^,)\s]+)", source)
     if explicit:
         return explicit.group(1) != "False"
     return not re.search(r"TrainConfig\([^)]*\bprogress\s*=\s*False", source)
@@ -153,7 +157,7 @@ def prepare_working_copy(workdir: Path, chosen: dict[str, Any], break_pattern: s
                 c.execution_count = None
         if force_progress:                                   # MBKIT_LAB_FORCE_PROGRESS: the grid cells' bar on
             for c in nb.cells:
-                if c.cell_type == "code" and "run_grid(" in c.source:
+                if c.cell_type == "code" and GRID_CALL.search(c.source):
                     c.source = c.source.replace("progress=False", "progress=True")
         broken = bool(break_pattern) and break_pattern in src.stem
         if broken:
@@ -163,7 +167,7 @@ def prepare_working_copy(workdir: Path, chosen: dict[str, Any], break_pattern: s
         out.append(SmokeNotebook(
             stem=src.stem, path=dst, relpath=f"notebooks/{src.name}", parameters=params, n_cells=len(nb.cells),
             code_cells=code, figure_cells=[i for i in code if nb.cells[i].get("id") in with_image],
-            runs_grid=any("run_grid(" in nb.cells[i].source for i in code),
+            runs_grid=any(GRID_CALL.search(nb.cells[i].source) for i in code),
             grid_progress=any(grid_shows_progress(nb.cells[i].source) for i in code), broken=broken, source=src))
     return out
 
