@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from mbkit import popularity
 from mbkit.data import TaskData, build_task_data, filter_log, sample_summary
 from mbkit.experiments import Method, run_grid
 from mbkit.synthetic import AUXILIARY, synthesize
@@ -56,12 +57,15 @@ def cell_name(alignment: float, volume: float) -> str:
 
 
 def world_summary(data: TaskData) -> dict[str, float]:
-    """What a cell's world looks like after the filter: users, items, training purchases, and each
-    auxiliary task's training pairs per training purchase (the volume the model actually sees)."""
+    """What a cell's world looks like after the filter: users, items, training purchases, each auxiliary
+    task's training pairs per training purchase (the volume the model actually sees), and the popularity
+    floor's test NDCG@10 (items by training purchases, no training)."""
     train = sample_summary(data)["train"]
     target = data.tasks[0]
+    floor = float(popularity.floor_row(data)["ndcg@10_mean"].iloc[0])
     return {"users": data.n_users, "items": data.n_items, "train purchases": int(train[target]),
-            **{f"{t} per purchase": float(train[t] / train[target]) for t in data.tasks[1:]}}
+            **{f"{t} per purchase": float(train[t] / train[target]) for t in data.tasks[1:]},
+            "most popular ndcg@10": floor}
 
 
 def run_map(world: World, alignments: Sequence[float], volumes: Sequence[float], methods: Iterable[Method],

@@ -63,6 +63,7 @@ def test_world_cells_follow_the_dials():
     small = world_summary(w.task_data(1.0, 0.25, device="cpu"))
     assert small["pv per purchase"] < 0.5 * s_aligned["pv per purchase"]
     assert cell_name(0.5, 0.25) == "alignment=0.5_volume=0.25"
+    assert 0 < s_aligned["most popular ndcg@10"] < 1
 
 
 def test_run_map_trains_every_cell_and_reuses_records(tmp_path):

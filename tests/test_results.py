@@ -105,3 +105,5 @@ def test_balance_map_is_complete_and_its_dials_act():
     # auxiliary behaviors that follow the purchase preference teach the shared layers more than unrelated ones
     vanilla = table[table["method"] == "Vanilla"].set_index(["alignment", "volume"])["ndcg@10_mean"]
     assert vanilla.loc[(hi_a, hi_v)] > vanilla.loc[(lo_a, hi_v)]
+    # and in every cell the trained model is above the popularity floor
+    assert (vanilla > worlds.loc[vanilla.index, "most popular ndcg@10"]).all()

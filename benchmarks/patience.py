@@ -1,0 +1,81 @@
+"""How does early stopping change the result and its seed spread? Trains each method up to `--epochs`
+epochs on the built-in synthetic log, one epoch at a time (each continuation resumes the checkpoint, which
+reproduces the uninterrupted run), so the test NDCG@10 that a run stopped after any epoch would report
+(its best validation epoch so far) is known. Then, for every patience rule, prints the epoch each seed
+stops at, the best epoch it reports and the test NDCG@10 mean ± std over seeds.
+
+    .venv/bin/python benchmarks/patience.py --epochs 12 --seeds 0 1 2 3 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mbkit import data as mbd
+from mbkit.train import TrainConfig, fit
+
+METHODS = {"Vanilla": ("vanilla", {}), "MetaBalance (r=0.7)": ("metabalance", {"relax_factor": 0.7})}
+
+
+def stop_epoch(valid: list[float], patience: int | None) -> int:
+    """The epoch after which `fit` stops with this patience (its rule: a strict improvement resets)."""
+    best, stale = -np.inf, 0
+    for epoch, score in enumerate(valid, start=1):
+        best, stale = (score, 0) if score > best else (best, stale + 1)
+        if patience is not None and stale >= patience:
+            return epoch
+    return len(valid)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--patience", type=int, nargs="+", default=[1, 2, 3, 5])
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    args = p.parse_args()
+
+    _, log = mbd.load_filtered("synthetic")
+    data = mbd.build_task_data(log, seed=0, device=args.device)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, (balancer, kwargs) in METHODS.items():
+            for seed in args.seeds:
+                t0 = time.perf_counter()
+                folder = Path(tmp) / f"{balancer}_{seed}"
+                after = []  # (best epoch, test NDCG@10) a run stopped after epoch k reports
+                for k in range(1, args.epochs + 1):
+                    cfg = TrainConfig(balancer=balancer, balancer_kwargs=kwargs, epochs=k, seed=seed,
+                                      batch_size=args.batch_size, device=args.device, progress=False)
+                    r = fit(data, cfg, checkpoint_dir=folder, resume=folder / "last.pt" if k > 1 else None)
+                    after.append((r.best_epoch, r.test["ndcg@10"]))
+                valid = r.history["valid_ndcg@10"].tolist()
+                for rule in [*args.patience, None]:
+                    stop = stop_epoch(valid, rule)
+                    rows.append({"method": label, "seed": seed, "patience": "none" if rule is None else rule,
+                                 "stopped after": stop, "best epoch": after[stop - 1][0],
+                                 "test ndcg@10": after[stop - 1][1]})
+                print(f"{label} seed {seed}: validation NDCG@10 by epoch {np.round(valid, 4).tolist()} "
+                      f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    runs = pd.DataFrame(rows)
+    pd.set_option("display.width", 200)
+    g = runs.groupby(["method", "patience"], sort=False)
+    table = pd.DataFrame({
+        "stopped after (per seed)": g["stopped after"].agg(list),
+        "best epoch (per seed)": g["best epoch"].agg(list),
+        "test NDCG@10 mean": g["test ndcg@10"].mean(),
+        "std over seeds": g["test ndcg@10"].std(ddof=1),
+    })
+    print(f"\nrules applied to the same runs (cap {args.epochs} epochs; 'none' = every epoch, best kept):")
+    print(table.round(4).to_string())
+
+
+if __name__ == "__main__":
+    main()
