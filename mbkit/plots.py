@@ -122,8 +122,10 @@ def applied(d: pd.DataFrame, tensors: Iterable[str] | None = None, window: int =
     return fig
 
 
-def relax_sweep(summary: pd.DataFrame, metric: str = "ndcg@10", chosen: float | None = None) -> plt.Figure:
-    """Mean ± std of `metric` against the relax factor, one line per strategy.
+def relax_sweep(summary: pd.DataFrame, metric: str = "ndcg@10", chosen: float | None = None,
+                floor: float | None = None) -> plt.Figure:
+    """Mean ± std of `metric` against the relax factor, one line per strategy; `floor` (e.g. the popularity
+    ranker's value of the same metric on the same split) as a dotted line.
 
     `summary` is indexed by (strategy, relax_factor) as returned by `experiments.summarize`.
     """
@@ -134,6 +136,8 @@ def relax_sweep(summary: pd.DataFrame, metric: str = "ndcg@10", chosen: float | 
                     color=PALETTE[i], label=str(strategy))
     if chosen is not None:
         ax.axvline(chosen, color="black", lw=0.6, ls="--")
+    if floor is not None:
+        ax.axhline(floor, color="grey", lw=1.0, ls=":", label="most popular (floor)")
     ax.set_xlabel("relax factor r")
     ax.set_ylabel(f"validation {metric.upper()}")
     ax.legend(frameon=False, title="strategy", fontsize=8)

@@ -65,6 +65,10 @@ def test_relax_factor_choice_follows_the_documented_rule():
     assert chosen["relax_factor"] != 0.0
     selection = select_relax_factor(table, chosen["metric"])
     assert (selection.strategy, selection.relax_factor) == (chosen["strategy"], chosen["relax_factor"])
+    # every relax factor's model clears the popularity floor on the same split
+    floor = record["floor_valid"][0]
+    assert floor["method"] == "Most popular (training purchases)" and floor["n_seeds"] == 1
+    assert (table["ndcg@10_mean"] > floor["ndcg@10_mean"]).all()
 
 
 def test_method_comparison_table_is_consistent():
