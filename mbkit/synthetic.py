@@ -34,8 +34,8 @@ AUXILIARY = tuple(b for b in BEHAVIORS if b != "buy")  # the behaviors the dials
 
 
 def _dials(value: float | Mapping[str, float], name: str, low: float, high: float | None) -> dict[str, float]:
-    # alignment lies in [low, high]; volume (high None) must exceed low
-    """One dial per auxiliary behavior: a float sets all three, a mapping sets the named ones (others 1)."""
+    """One dial per auxiliary behavior: a float sets all three, a mapping sets the named ones (others 1).
+    Each must lie in [low, high], or exceed `low` when `high` is None."""
     if isinstance(value, Mapping):
         unknown = sorted(set(value) - set(AUXILIARY))
         if unknown:
