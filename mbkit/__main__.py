@@ -82,9 +82,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="epoch progress bar on stderr (default: auto)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar (same as --progress off)")
 
-    g = sub.add_parser("grid", help="train the grid of notebook 03 or 04 from a params file, on this process or "
+    g = sub.add_parser("grid", help="train the grid of notebook 03, 04 or 06 from a params file, on this process or "
                        "on Ray, into per-run records that the notebook then reads (no notebook server needed)")
-    g.add_argument("notebook", choices=["03_relax_factor", "04_method_comparison"],
+    g.add_argument("notebook", choices=["03_relax_factor", "04_method_comparison", "06_all_methods"],
                    help="whose grid: its parameters are the notebook's defaults, overridden by --params")
     g.add_argument("--params", default="notebooks/params/default.yaml",
                    help="parameter file (YAML) as for `reproduce`; its paths are relative to notebooks/")
@@ -227,7 +227,8 @@ def _run_grid(args: argparse.Namespace, p: dict) -> None:
     part = sum((f / "last.pt").is_file() and not (f / "metrics.json").is_file() for f in folders)
     print(f"{args.notebook}: {len(folders)} runs in {runs_dir.resolve()}: {done} finished (read from their "
           f"records), {part} to resume from a checkpoint, {len(folders) - done - part} to train", flush=True)
-    _, log = mbd.load_filtered(p["data"], target=p["target"], mode=p["filter_mode"])
+    size = (int(p["world_users"]), int(p["world_items"])) if p["data"] == "synthetic" and "world_users" in p else None
+    _, log = mbd.load_filtered(p["data"], target=p["target"], mode=p["filter_mode"], synthetic_size=size)
     data = mbd.build_task_data(log, target=p["target"], seed=p["split_seed"], device=p["device"])
     progress = False if args.progress == "off" else args.progress
     runs = run_grid(data, methods, seeds, base, runs_dir=runs_dir, progress=progress, executor=executor,

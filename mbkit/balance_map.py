@@ -10,11 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import numpy as np
 import pandas as pd
-from scipy import stats
 
-from mbkit import popularity
+from mbkit import experiments, popularity
 from mbkit.data import TaskData, build_task_data, filter_log, sample_summary
 from mbkit.experiments import Method, run_grid
 from mbkit.synthetic import AUXILIARY, synthesize
@@ -90,29 +88,8 @@ def run_map(world: World, alignments: Sequence[float], volumes: Sequence[float],
 
 def paired_change(runs: pd.DataFrame, baseline: str = "Vanilla", metric: str = "test_ndcg@10",
                   by: Sequence[str] = ("alignment", "volume"), level: float = 0.95) -> pd.DataFrame:
-    """Each method's change over `baseline` within each group, paired by seed: the mean difference, its
-    t-interval at `level` (mean ± t_{n-1} · sd / sqrt(n)) and the paired t-test's p-value, also in percent
-    of the baseline's mean. One row per (group, method other than the baseline)."""
-    by = list(by)
-    rows = []
-    for key, cell in runs.groupby(by, sort=False):
-        wide = cell.pivot_table(index="seed", columns="method", values=metric, sort=False)
-        if baseline not in wide.columns:
-            raise ValueError(f"baseline {baseline!r} is not among the methods {list(wide.columns)}")
-        base = wide[baseline]
-        for method in wide.columns.drop(baseline):
-            both = base.notna() & wide[method].notna()
-            d = (wide.loc[both, method] - base[both]).to_numpy(float)
-            n = len(d)
-            half = float(stats.t.ppf(0.5 + level / 2, n - 1) * d.std(ddof=1) / np.sqrt(n)) if n > 1 else np.nan
-            p = float(stats.ttest_1samp(d, 0.0).pvalue) if n > 1 and d.std(ddof=1) > 1e-12 else np.nan
-            scale = 100.0 / float(base[both].mean())
-            mean = float(d.mean())
-            rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))), "method": method,
-                         "n_seeds": n, "baseline_mean": float(base[both].mean()), "mean_diff": mean,
-                         "ci_low": mean - half, "ci_high": mean + half, "change_pct": mean * scale,
-                         "ci_low_pct": (mean - half) * scale, "ci_high_pct": (mean + half) * scale, "p_value": p})
-    return pd.DataFrame(rows)
+    """`mbkit.experiments.paired_change` per (alignment, volume) cell of the map."""
+    return experiments.paired_change(runs, baseline, metric, by=by, level=level)
 
 
 def reading(changes: pd.DataFrame, level: float = 0.95) -> str:

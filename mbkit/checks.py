@@ -139,3 +139,14 @@ def against_committed(name: str, params: Mapping[str, Any], compare) -> str:
         what = ", ".join(f"{n}={a!r} (committed {b!r})" for n, (a, b) in differ.items())
         return f"not compared: parameters differ from the committed results/{name}.json: {what}"
     return compare(committed)
+
+
+def relax_factor_choice(relax_factor: float) -> str:
+    """Whether `relax_factor` is the one notebook 03's committed sweep chose on validation, in words."""
+    lines = [f"MetaBalance relax factor: {relax_factor:g} (parameter)"]
+    sweep = committed_record("03_relax_factor")
+    if sweep is not None:
+        chosen = sweep["chosen"]["relax_factor"]
+        agree = "the same" if chosen == relax_factor else "DIFFERENT: pass the sweep's choice as relax_factor"
+        lines.append(f"notebook 03's committed sweep (results/03_relax_factor.json) chose r={chosen:g}: {agree}")
+    return "\n".join(lines)

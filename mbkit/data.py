@@ -535,11 +535,12 @@ def _stage_validated(csv: str, name: str, tmp: str, skip_bad_rows: bool) -> tupl
 
 def load_filtered(source: str | os.PathLike = "synthetic", *, target: str = "buy",
                   mode: FilterMode = DEFAULT_FILTER_MODE, min_user_items: int = 10, min_item_users: int = 10,
-                  skip_bad_rows: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  skip_bad_rows: bool = False,
+                  synthetic_size: tuple[int, int] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Raw + filtered Table-1 statistics and the filtered log, in bounded memory.
 
     `source` is a path to the raw log (`.csv`, `.zip`, `.csv.gz`) or "synthetic" for `synthesize()`'s
-    default. A file is never materialised: the polars streaming engine parses it once into temporary
+    default (`synthetic_size=(n_users, n_items)` for another size, e.g. notebook 06's half-size world). A file is never materialised: the polars streaming engine parses it once into temporary
     IPC files (about 21 bytes a row, in the system temp directory; `.zip`/`.gz` are first decompressed
     there), then streaming queries over them give the statistics, the distinct `target` pairs and the
     rows of the surviving users x items (100 M rows: ~40 s, 1.2 GiB peak RSS on 2 busy cores; see
@@ -551,9 +552,13 @@ def load_filtered(source: str | os.PathLike = "synthetic", *, target: str = "buy
     """
     _check_thresholds(min_user_items, min_item_users)
     kw = dict(target=target, mode=mode, min_user_items=min_user_items, min_item_users=min_item_users)
-    if isinstance(source, str) and source == "synthetic":
+    synthetic = isinstance(source, str) and source == "synthetic"
+    if synthetic_size is not None and not synthetic:
+        raise ValueError(f"synthetic_size={synthetic_size!r} sizes the built-in world only; {source!r} is a file, "
+                         "whose size is its own: leave synthetic_size out")
+    if synthetic:
         from mbkit.synthetic import synthesize
-        raw = synthesize()
+        raw = synthesize(*synthetic_size) if synthetic_size is not None else synthesize()
         filtered = filter_log(raw, **kw)
         filtered.attrs["source"] = "synthetic"
         stats = log_stats({"raw": raw, "filtered": filtered})

@@ -61,8 +61,17 @@ def relax_sweep_methods(relax_factors: Iterable[float], strategies: Iterable[str
         for s in strategies for r in relax_factors if float(r) != 0]
 
 
+def all_methods(relax_factor: float = 0.7) -> list[Method]:
+    """Notebook 06's comparison: Vanilla, MetaBalance at `relax_factor`, PCGrad (adjusted), then every
+    baseline of `mbkit.balancers.BASELINES` (single task first), each with its default arguments."""
+    from mbkit.balancers import BASELINES, make
+    return study_methods(relax_factor)[:3] + [SINGLE_TASK] + [Method(str(make(b)), b) for b in BASELINES
+                                                               if b != SINGLE_TASK.balancer]
+
+
 GRIDS = {"03_relax_factor": lambda p: relax_sweep_methods(p["relax_factors"], p["strategies"]),
-         "04_method_comparison": lambda p: study_methods(p["relax_factor"]) + [SINGLE_TASK]}
+         "04_method_comparison": lambda p: study_methods(p["relax_factor"]) + [SINGLE_TASK],
+         "06_all_methods": lambda p: all_methods(p["relax_factor"])}
 
 
 def notebook_grid(notebook: str, params: dict[str, Any]) -> tuple[list[Method], list[int], TrainConfig]:
@@ -128,7 +137,8 @@ def run_grid(data: TaskData, methods: Iterable[Method], seeds: Iterable[int], ba
              cpus_per_run: int = 1, max_retries: int = 2) -> pd.DataFrame:
     """Train every method with every seed (same data split) and return one row per run.
 
-    Columns: method, balancer, seed, best_epoch, train_seconds, the method's keyword arguments,
+    Columns: method, balancer, seed, best_epoch, train_seconds, steps (training steps of the run; None in
+    records written before mbkit recorded it), the method's keyword arguments,
     valid_<metric>, test_<metric>. `on_run(method, result)` is called after each run that trains here
     (local executor).
 
@@ -192,7 +202,8 @@ def run_grid(data: TaskData, methods: Iterable[Method], seeds: Iterable[int], ba
     rows = []
     for (m, s, cfg), rec in zip(plan, records):
         row: dict[str, Any] = {"method": m.label, "balancer": m.balancer, "seed": s,
-                               "best_epoch": rec["best_epoch"], "train_seconds": rec["train_seconds"]}
+                               "best_epoch": rec["best_epoch"], "train_seconds": rec["train_seconds"],
+                               "steps": rec.get("steps")}
         row.update({k: v for k, v in m.kwargs.items()})
         row.update({f"valid_{k}": v for k, v in rec["valid"].items()})
         row.update({f"test_{k}": v for k, v in rec["test"].items()})
@@ -283,6 +294,59 @@ def paired_tests(runs: pd.DataFrame, baseline: str, metric: str = "test_ndcg@10"
         rows.append({"method": method, "metric": metric, "n_seeds": len(diff), "mean_diff": float(diff.mean()),
                      "t": float(t), "p_value": float(p)})
     return pd.DataFrame(rows).set_index("method")
+
+
+def paired_change(runs: pd.DataFrame, baseline: str = "Vanilla", metric: str = "test_ndcg@10",
+                  by: Iterable[str] = (), level: float = 0.95) -> pd.DataFrame:
+    """Each method's change over `baseline` (within each group of `by`, if any), paired by seed: the mean
+    difference, its t-interval at `level` (mean ± t_{n-1} · sd / sqrt(n)) and the paired t-test's p-value,
+    also in percent of the baseline's mean. One row per (group, method other than the baseline)."""
+    by = list(by)
+    rows = []
+    for key, cell in (runs.groupby(by, sort=False) if by else [((), runs)]):
+        wide = cell.pivot_table(index="seed", columns="method", values=metric, sort=False)
+        if baseline not in wide.columns:
+            raise ValueError(f"baseline {baseline!r} is not among the methods {list(wide.columns)}")
+        base = wide[baseline]
+        for method in wide.columns.drop(baseline):
+            both = base.notna() & wide[method].notna()
+            d = (wide.loc[both, method] - base[both]).to_numpy(float)
+            n = len(d)
+            half = float(stats.t.ppf(0.5 + level / 2, n - 1) * d.std(ddof=1) / np.sqrt(n)) if n > 1 else np.nan
+            p = float(stats.ttest_1samp(d, 0.0).pvalue) if n > 1 and d.std(ddof=1) > 1e-12 else np.nan
+            scale = 100.0 / float(base[both].mean())
+            mean = float(d.mean())
+            rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))), "method": method,
+                         "n_seeds": n, "baseline_mean": float(base[both].mean()), "mean_diff": mean,
+                         "ci_low": mean - half, "ci_high": mean + half, "change_pct": mean * scale,
+                         "ci_low_pct": (mean - half) * scale, "ci_high_pct": (mean + half) * scale, "p_value": p})
+    return pd.DataFrame(rows)
+
+
+def verdicts(changes: pd.DataFrame, baseline: str, level: float = 0.95, metric: str = "test NDCG@10") -> str:
+    """`paired_change`'s table in words: the methods whose interval lies above 0 (better than `baseline`),
+    below 0 (worse), and the rest (no difference the seeds resolve)."""
+    groups = {"better": changes["ci_low"] > 0, "worse": changes["ci_high"] < 0}
+    groups["no resolvable difference"] = ~(groups["better"] | groups["worse"])
+    parts = []
+    for word, mask in groups.items():
+        named = ", ".join(f"{m} {c:+.1f}%" for m, c in changes.loc[mask, ["method", "change_pct"]].itertuples(index=False))
+        parts.append(f"  {word} ({int(mask.sum())}): {named or '-'}")
+    return f"against {baseline} ({metric}, paired {level:.0%} interval):\n" + "\n".join(parts)
+
+
+def step_cost(runs: pd.DataFrame, baseline: str = "Vanilla") -> pd.Series:
+    """Training seconds per step of each method, relative to `baseline`, from the runs' own `train_seconds`
+    and `steps` (runs that stopped early trained fewer steps). The median over a method's runs: the first
+    run of a process also pays one-off warm-up costs, which would bias the method trained first."""
+    steps = pd.to_numeric(runs["steps"], errors="coerce")
+    if steps.isna().any() or (steps <= 0).any():
+        raise ValueError("step_cost needs every run's `steps`; records written before mbkit kept it lack them: "
+                         "train those runs again (delete their folders in runs_dir)")
+    per_step = (runs["train_seconds"] / steps).groupby(runs["method"], sort=False).median()
+    if baseline not in per_step.index:
+        raise ValueError(f"baseline {baseline!r} is not among the methods {list(per_step.index)}")
+    return (per_step / per_step[baseline]).rename(f"time per step / {baseline}")
 
 
 PAPER_RELAX_FACTOR = 0.7  # MetaBalance's default (He et al. 2022, Sec. 5); wins ties in `select_relax_factor`

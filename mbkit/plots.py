@@ -197,3 +197,57 @@ def balance_map(changes: pd.DataFrame, metric: str = "NDCG@10") -> plt.Figure:
         ax.set_title(method, fontsize=9)
     fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label=f"test {metric} change over Vanilla, %")
     return fig
+
+
+def _spread(values: np.ndarray, gap: float) -> np.ndarray:
+    """Label positions near `values`, at least `gap` apart, in the same order (a 1-D label repel)."""
+    order = np.argsort(values, kind="stable")
+    placed = values[order].astype(float).copy()
+    for i in range(1, len(placed)):
+        placed[i] = max(placed[i], placed[i - 1] + gap)
+    placed -= (placed - values[order]).mean()  # centre the block of labels on the points
+    out = np.empty_like(placed)
+    out[order] = placed
+    return out
+
+
+def quality_vs_cost(summary: pd.DataFrame, cost: pd.Series, metric: str = "ndcg@10", level: float = 0.95,
+                    floors: dict[str, float] | None = None, highlight: Iterable[str] = ()) -> plt.Figure:
+    """Each method's test `metric` (mean over seeds, with its t-interval at `level`) against its time per
+    training step relative to Vanilla (`experiments.step_cost`); `floors` (label -> value) are drawn as
+    horizontal lines, e.g. the popularity ranker, which has no training cost."""
+    from scipy import stats
+
+    methods = [m for m in summary.index if m in cost.index]
+    mean = summary.loc[methods, f"{metric}_mean"].to_numpy(float)
+    n = summary.loc[methods, "n_seeds"].to_numpy(float)
+    half = np.where(n > 1, stats.t.ppf(0.5 + level / 2, np.maximum(n - 1, 1)), np.nan) \
+        * summary.loc[methods, f"{metric}_std"].to_numpy(float) / np.sqrt(n)
+    x = cost.loc[methods].to_numpy(float)
+    highlight = set(highlight)
+    fig, ax = plt.subplots(figsize=(8.5, 5.2))
+    for i, m in enumerate(methods):
+        color = PALETTE[3] if m in highlight else PALETTE[0]
+        ax.errorbar(x[i], mean[i], yerr=None if np.isnan(half[i]) else half[i], fmt="o", ms=5, capsize=3,
+                    color=color, lw=1)
+    lo = np.nanmin(mean - np.nan_to_num(half)) if len(methods) else 0.0
+    hi = np.nanmax(mean + np.nan_to_num(half)) if len(methods) else 1.0
+    for j, (label, value) in enumerate((floors or {}).items()):
+        ax.axhline(value, color="grey", lw=1, ls=[":", "--", "-."][j % 3], label=label)
+        lo, hi = min(lo, value), max(hi, value)
+    pad = 0.06 * (hi - lo or 1.0)
+    ax.set_ylim(lo - pad, hi + pad)
+    right = x.max() if len(x) else 1.0
+    ax.set_xlim(min(0.9, x.min() - 0.05) if len(x) else 0.9, right + 0.25 * (right - min(1.0, x.min())) + 0.3)
+    label_y = _spread(mean, gap=(hi - lo + 2 * pad) / 38)
+    for i, m in enumerate(methods):
+        ax.annotate(m, (x[i], mean[i]), xytext=(x[i] + 0.04, label_y[i]), textcoords="data", fontsize=7,
+                    va="center", color=PALETTE[3] if m in highlight else "black",
+                    arrowprops={"arrowstyle": "-", "color": "0.7", "lw": 0.5})
+    ax.axvline(1.0, color="0.85", lw=0.8, zorder=0)
+    ax.set_xlabel("time per training step / Vanilla (same run)")
+    ax.set_ylabel(f"test {metric.upper()} (mean, {level:.0%} interval over seeds)")
+    if floors:
+        ax.legend(frameon=False, fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig

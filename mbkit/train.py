@@ -119,7 +119,8 @@ class FitResult:
     def summary(self) -> dict[str, Any]:
         return {"label": self.label, "balancer": self.config.balancer, "seed": self.config.seed,
                 "best_epoch": self.best_epoch, "valid": self.valid, "test": self.test,
-                "train_seconds": self.train_seconds, "config": dataclasses.asdict(self.config),
+                "train_seconds": self.train_seconds,
+                "steps": int(self.history["steps"].sum()) if "steps" in self.history else 0, "config": dataclasses.asdict(self.config),
                 "data": self.fingerprint, "code": self.code, "resumes": self.resumes}
 
     def save(self, out: str | Path) -> Path:

@@ -173,3 +173,18 @@ def test_grid_errors_are_one_line_and_precede_reading_the_log(tmp_path, capsys, 
     code, out, err = _run(["grid", "03_relax_factor", *extra], capsys)
     assert code == 2 and needle in err, err
     _one_line(err)
+
+
+def test_grid_of_notebook_06_reads_the_world_at_the_notebooks_size(tmp_path, capsys, monkeypatch):
+    """`grid 06_all_methods` must train on the data the notebook reads (its half-size world), or the
+    notebook would not find the records."""
+    seen = {}
+
+    def load_filtered(source, **kw):
+        seen.update(kw, source=source)
+        raise ValueError("stop after the data call")
+
+    monkeypatch.setattr(mbkit.data, "load_filtered", load_filtered)
+    code, _, err = _run(["grid", "06_all_methods", "--runs-dir", str(tmp_path / "runs")], capsys)
+    assert code == 2 and "stop after the data call" in err
+    assert seen["source"] == "synthetic" and seen["synthetic_size"] == (15_000, 5_000)

@@ -584,3 +584,20 @@ def test_table1_ratios_of_the_thesis_filtered_log():
     assert thesis["buy per item"] == pytest.approx(87_179 / 24_608)
     assert [round(thesis[f"{b} per buy"], 4) for b in ("pv", "cart", "fav")] == [4.4007, 0.5963, 0.2184]
     assert list(ratios.index) == ["raw", "filtered", "thesis raw", "thesis filtered"]
+
+
+def test_load_filtered_sizes_the_synthetic_world():
+    from mbkit.data import filter_log, load_filtered
+    from mbkit.synthetic import synthesize
+    stats, log = load_filtered("synthetic", synthetic_size=(3000, 1500), min_user_items=5, min_item_users=5)
+    expected = filter_log(synthesize(3000, 1500), target="buy", mode="once", min_user_items=5, min_item_users=5)
+    pd.testing.assert_frame_equal(log.reset_index(drop=True), expected.reset_index(drop=True))
+    assert stats.loc["raw", "users"] <= 3000
+
+
+def test_load_filtered_refuses_a_size_for_a_file(tmp_path):
+    from mbkit.data import load_filtered
+    path = tmp_path / "log.csv"
+    path.write_text("1,2,3,buy,1511700000\n")
+    with pytest.raises(ValueError, match="sizes the built-in world only"):
+        load_filtered(path, synthetic_size=(10, 10))

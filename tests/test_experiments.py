@@ -2,6 +2,8 @@
 
 import math
 
+import numpy as np
+
 import pandas as pd
 import pytest
 from scipy import stats
@@ -57,3 +59,73 @@ def test_applied_ratio_is_the_raw_ratio_times_the_applied_weight():
     assert with_applied_ratio(d)["applied_ratio"].tolist() == pytest.approx([1.0, 1.3, 0.65])
     with pytest.raises(ValueError, match="carry no applied weights"):
         with_applied_ratio(d.assign(weight=float("nan")))
+
+
+def test_all_methods_lists_the_study_three_then_every_baseline():
+    from mbkit.balancers import BASELINES
+    from mbkit.experiments import all_methods, notebook_grid
+    methods = all_methods(0.5)
+    assert [m.balancer for m in methods] == ["vanilla", "metabalance", "pcgrad_adjusted", *BASELINES]
+    assert methods[1].kwargs == {"relax_factor": 0.5} and methods[1].label == "MetaBalance (r=0.5)"
+    assert len({m.label for m in methods}) == len(methods)
+    grid, seeds, base = notebook_grid("06_all_methods", {"relax_factor": 0.7, "seeds": [0, 1], "epochs": 2,
+                                                         "batch_size": 256, "mode": "compact"})
+    assert [m.balancer for m in grid] == [m.balancer for m in all_methods(0.7)] and seeds == [0, 1]
+
+
+def test_paired_change_without_groups_is_one_row_per_method(runs):
+    from mbkit.experiments import paired_change
+    c = paired_change(runs, "Vanilla").set_index("method")
+    assert list(c.index) == ["MB", "Same"]
+    d = [0.03, 0.02, 0.01]
+    half = 4.302652729911275 * pd.Series(d).std() / math.sqrt(3)  # t_{0.975, 2}
+    assert c.loc["MB", "mean_diff"] == pytest.approx(0.02)
+    assert (c.loc["MB", "ci_low"], c.loc["MB", "ci_high"]) == pytest.approx((0.02 - half, 0.02 + half))
+    assert c.loc["MB", "p_value"] == pytest.approx(stats.ttest_rel([0.13, 0.14, 0.12], [0.10, 0.12, 0.11]).pvalue)
+    assert c.loc["Same", "mean_diff"] == 0 and math.isnan(c.loc["Same", "p_value"])  # no spread: no test
+
+
+def test_verdicts_sorts_methods_by_their_interval():
+    from mbkit.experiments import verdicts
+    changes = pd.DataFrame({"method": ["A", "B", "C"], "change_pct": [5.0, -4.0, 1.0],
+                            "ci_low": [0.01, -0.03, -0.01], "ci_high": [0.03, -0.01, 0.02]})
+    text = verdicts(changes, "Vanilla")
+    assert "better (1): A +5.0%" in text and "worse (1): B -4.0%" in text
+    assert "no resolvable difference (1): C +1.0%" in text
+
+
+def test_step_cost_is_the_median_time_per_step_over_runs():
+    from mbkit.experiments import step_cost
+    runs = pd.DataFrame({"method": ["Vanilla"] * 3 + ["X"] * 3,
+                         "train_seconds": [9.0, 2.0, 2.2, 3.0, 3.3, 1.5],  # Vanilla's first run: warm-up
+                         "steps": [100, 100, 100, 100, 110, 50]})
+    cost = step_cost(runs)
+    assert cost["Vanilla"] == 1.0
+    assert cost["X"] == pytest.approx(0.03 / 0.022)  # medians of 0.03, 0.03, 0.03 and 0.09, 0.02, 0.022
+    with pytest.raises(ValueError, match="needs every run's `steps`"):
+        step_cost(runs.assign(steps=[100, None, 100, 100, 100, 100]))
+    with pytest.raises(ValueError, match="baseline 'Y' is not among"):
+        step_cost(runs, "Y")
+
+
+def test_quality_vs_cost_draws_every_method_with_its_interval():
+    from mbkit import plots
+    from mbkit.experiments import step_cost
+    runs = pd.DataFrame({"method": ["Vanilla", "Vanilla", "MB", "MB", "One"],
+                         "seed": [0, 1, 0, 1, 0], "test_ndcg@10": [0.10, 0.12, 0.12, 0.13, 0.09],
+                         "train_seconds": [1.0, 1.0, 1.5, 1.5, 2.0], "steps": [10] * 5})
+    summary = summarize(runs, metrics=["ndcg@10"])
+    fig = plots.quality_vs_cost(summary, step_cost(runs), floors={"most popular": 0.05}, highlight=["MB"])
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.texts] == ["Vanilla", "MB", "One"]
+    assert ax.get_ylim()[0] < 0.05 < 0.13 < ax.get_ylim()[1]  # the floor and every interval are in view
+    plots.plt.close(fig)
+
+
+def test_labels_are_spread_apart_in_order():
+    from mbkit.plots import _spread
+    y = np.array([0.10, 0.101, 0.3, 0.1005])
+    out = _spread(y, gap=0.01)
+    assert list(np.argsort(out, kind="stable")) == list(np.argsort(y, kind="stable"))
+    assert np.diff(np.sort(out)).min() >= 0.01 - 1e-12
+    assert abs(out[2] - 0.3) < 0.02

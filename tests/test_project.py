@@ -172,7 +172,7 @@ def test_ci_runs_the_readme_test_command():
 def test_parameter_files_match_notebook_parameters(params_file):
     from mbkit.reproduce import check_params, load_params, notebooks
 
-    assert len(notebooks()) == 5
+    assert len(notebooks()) == 6
     params = load_params(params_file)
     check_params(params)  # raises on a name a notebook does not declare
     for stem, p in params.items():

@@ -30,7 +30,7 @@ def load(name: str) -> dict:
 
 def test_every_record_has_provenance_and_parameters():
     for name in ("01_data_filtering.json", "02_gradient_imbalance.json", "03_relax_factor.json",
-                 "04_method_comparison.json", "05_balance_map.json"):
+                 "04_method_comparison.json", "05_balance_map.json", "06_all_methods.json"):
         record = load(name)
         assert {"git_commit", "torch", "device", "python"} <= set(record["provenance"]), name
         assert record["params"]["data"], name
@@ -112,3 +112,24 @@ def test_balance_map_is_complete_and_its_dials_act():
     # at the default dials the trained model clears the popularity floor (in the committed map it does not
     # in the other cells: notebook 05 says so)
     assert vanilla.loc[(hi_a, hi_v)] > 1.2 * worlds.loc[(hi_a, hi_v), "most popular ndcg@10"]
+
+
+def test_all_methods_comparison_is_complete_and_consistent():
+    from mbkit.balancers import BASELINES
+    record = load("06_all_methods.json")
+    table = pd.DataFrame(record["table"]).set_index("method")
+    n_seeds = len(record["params"]["seeds"])
+    trained = table.drop(index="Most popular (training purchases)")
+    assert len(trained) == 3 + len(BASELINES) and (trained["n_seeds"] == n_seeds).all()
+    # every model on this world learns more than a random ranker; Vanilla clears the popularity floor
+    floor = table.loc["Most popular (training purchases)", "ndcg@10_mean"]
+    assert table.loc["Vanilla", "ndcg@10_mean"] > 1.2 * floor
+    assert (trained["ndcg@10_mean"] > 0.05).all()
+    for key, baseline in (("vs_vanilla", "Vanilla"), ("vs_metabalance", f"MetaBalance (r={record['params']['relax_factor']:g})")):
+        changes = pd.DataFrame(record[key]).set_index("method")
+        assert set(changes.index) == set(trained.index) - {baseline}
+        assert (changes["ci_low_pct"] <= changes["change_pct"]).all() and (changes["change_pct"] <= changes["ci_high_pct"]).all()
+        expected = 100 * (trained.loc[changes.index, "ndcg@10_mean"] / trained.loc[baseline, "ndcg@10_mean"] - 1)
+        assert changes["change_pct"].to_numpy() == pytest.approx(expected.to_numpy(), abs=1e-9)
+    cost = pd.Series(record["step_cost"])
+    assert cost["Vanilla"] == 1.0 and set(cost.index) == set(trained.index) and (cost > 0).all()
