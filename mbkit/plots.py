@@ -199,15 +199,20 @@ def balance_map(changes: pd.DataFrame, metric: str = "NDCG@10") -> plt.Figure:
     return fig
 
 
-def _spread(values: np.ndarray, gap: float) -> np.ndarray:
-    """Label positions near `values`, at least `gap` apart, in the same order (a 1-D label repel)."""
-    order = np.argsort(values, kind="stable")
-    placed = values[order].astype(float).copy()
-    for i in range(1, len(placed)):
-        placed[i] = max(placed[i], placed[i - 1] + gap)
-    placed -= (placed - values[order]).mean()  # centre the block of labels on the points
-    out = np.empty_like(placed)
-    out[order] = placed
+def _label_heights(x: np.ndarray, y: np.ndarray, gap: float, width: float) -> np.ndarray:
+    """Heights for labels placed right of points (x, y): from the lowest point up, each label rises until it
+    is at least `gap` from every label already placed within `width` of it horizontally."""
+    out = np.asarray(y, float).copy()
+    placed: list[int] = []
+    for i in np.argsort(y, kind="stable"):
+        moved = True
+        while moved:
+            moved = False
+            for j in placed:
+                if abs(x[i] - x[j]) < width and abs(out[i] - out[j]) < gap * (1 - 1e-9):
+                    out[i] = out[j] + gap
+                    moved = True
+        placed.append(i)
     return out
 
 
@@ -239,7 +244,7 @@ def quality_vs_cost(summary: pd.DataFrame, cost: pd.Series, metric: str = "ndcg@
     ax.set_ylim(lo - pad, hi + pad)
     right = x.max() if len(x) else 1.0
     ax.set_xlim(min(0.9, x.min() - 0.05) if len(x) else 0.9, right + 0.25 * (right - min(1.0, x.min())) + 0.3)
-    label_y = _spread(mean, gap=(hi - lo + 2 * pad) / 38)
+    label_y = _label_heights(x, mean, gap=(hi - lo + 2 * pad) / 32, width=0.2 * (ax.get_xlim()[1] - ax.get_xlim()[0]))
     for i, m in enumerate(methods):
         ax.annotate(m, (x[i], mean[i]), xytext=(x[i] + 0.04, label_y[i]), textcoords="data", fontsize=7,
                     va="center", color=PALETTE[3] if m in highlight else "black",

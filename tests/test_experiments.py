@@ -122,10 +122,11 @@ def test_quality_vs_cost_draws_every_method_with_its_interval():
     plots.plt.close(fig)
 
 
-def test_labels_are_spread_apart_in_order():
-    from mbkit.plots import _spread
-    y = np.array([0.10, 0.101, 0.3, 0.1005])
-    out = _spread(y, gap=0.01)
-    assert list(np.argsort(out, kind="stable")) == list(np.argsort(y, kind="stable"))
-    assert np.diff(np.sort(out)).min() >= 0.01 - 1e-12
-    assert abs(out[2] - 0.3) < 0.02
+def test_labels_near_each_other_are_moved_apart_and_others_stay():
+    from mbkit.plots import _label_heights
+    x = np.array([1.0, 1.05, 2.0, 1.02])
+    y = np.array([0.100, 0.101, 0.100, 0.1005])
+    out = _label_heights(x, y, gap=0.01, width=0.2)
+    near = np.sort(out[[0, 1, 3]])
+    assert np.diff(near).min() >= 0.01 - 1e-12 and out[0] == 0.100  # the lowest stays, the others rise
+    assert out[2] == 0.100  # far to the right: not moved
