@@ -218,35 +218,47 @@ class _FiniteGuard:
         self.pending.clear()
 
 
+def train_step(run: RunState, engine: GradEngine, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor,
+               *, per_task: bool = True, amp: bool = False,
+               check: Callable[[torch.Tensor], None] | None = None) -> tuple[torch.Tensor, Any]:
+    """One optimisation step of `run` on a batch: the per-task gradients of the shared tensors, the balancer's
+    combination written back, every optimizer's step. `per_task=False` (Vanilla only) takes one backward of
+    the summed loss instead. `check(losses)` sees the (K,) per-task losses before anything is updated.
+    Returns the losses and the per-task gradients (None on the summed path)."""
+    tg = None
+    with torch.autocast(users.device.type, dtype=torch.bfloat16, enabled=amp):
+        if per_task:
+            tg = engine(users, items, labels)
+            losses = tg.losses
+        else:
+            losses = engine.backward_sum(users, items, labels)
+    losses = losses.detach()
+    if check is not None:
+        check(losses)
+    if per_task:
+        # (K,) per-task mean losses of this batch, target first, for balancers that weigh by loss
+        balancer = run.balancer
+        combined = balancer(tg.shared, losses=losses) if getattr(balancer, "uses_losses", False) else balancer(tg.shared)
+        engine.write(tg, combined)
+    for opt in run.optimizers:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return losses, tg
+
+
 def _train_epoch(run: RunState, data: TaskData, engine: GradEngine, config: TrainConfig, guard: _FiniteGuard,
                  step: int, epoch: int, amp: bool) -> tuple[int, torch.Tensor]:
     """One epoch of steps; returns the global step count after it and the (K,) summed per-task losses."""
-    device = data.device
-    balancer = run.balancer
-    uses_losses = bool(getattr(balancer, "uses_losses", False))
-    fast_vanilla = config.balancer == "vanilla" and not uses_losses
+    fast_vanilla = config.balancer == "vanilla" and not getattr(run.balancer, "uses_losses", False)
     run.model.train()
-    loss_sum = torch.zeros(len(data.tasks), device=device)
+    loss_sum = torch.zeros(len(data.tasks), device=data.device)
     for users, items, labels in data.batches(config.batch_size, run.sampler, num_neg=config.num_neg):
         want_diag = config.diagnostics_every > 0 and step % config.diagnostics_every == 0
         per_task = want_diag or not fast_vanilla  # vanilla without diagnostics: one summed backward
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            if per_task:
-                tg = engine(users, items, labels)
-                losses = tg.losses
-            else:
-                losses = engine.backward_sum(users, items, labels)
-        losses = losses.detach()
-        guard.add(losses, step, epoch, run)
-        if per_task:
-            # (K,) per-task mean losses of this batch, target first, for balancers that weigh by loss
-            combined = balancer(tg.shared, losses=losses) if uses_losses else balancer(tg.shared)
-            engine.write(tg, combined)
-            if want_diag:
-                run.diagnostics.append(_diagnostic_rows(step, epoch, tg, getattr(balancer, "last_weights", None)))
-        for opt in run.optimizers:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        losses, tg = train_step(run, engine, users, items, labels, per_task=per_task, amp=amp,
+                                check=lambda losses: guard.add(losses, step, epoch, run))
+        if want_diag:
+            run.diagnostics.append(_diagnostic_rows(step, epoch, tg, getattr(run.balancer, "last_weights", None)))
         loss_sum += losses.float()
         step += 1
     guard.flush(step - len(guard.pending), epoch, run)

@@ -131,5 +131,8 @@ def test_all_methods_comparison_is_complete_and_consistent():
         assert (changes["ci_low_pct"] <= changes["change_pct"]).all() and (changes["change_pct"] <= changes["ci_high_pct"]).all()
         expected = 100 * (trained.loc[changes.index, "ndcg@10_mean"] / trained.loc[baseline, "ndcg@10_mean"] - 1)
         assert changes["change_pct"].to_numpy() == pytest.approx(expected.to_numpy(), abs=1e-9)
-    cost = pd.Series(record["step_cost"])
-    assert cost["Vanilla"] == 1.0 and set(cost.index) == set(trained.index) and (cost > 0).all()
+    timed = pd.DataFrame(record["step_times"]).set_index("method")
+    assert list(timed.index) == list(trained.index) and timed.loc["Vanilla", "time per step / Vanilla"] == 1.0
+    assert ((timed["q25"] <= timed["ms_per_step"]) & (timed["ms_per_step"] <= timed["q75"])).all()
+    runs_cost = pd.Series(record["step_cost_runs"])
+    assert runs_cost["Vanilla"] == 1.0 and set(runs_cost.index) == set(trained.index) and (runs_cost > 0).all()

@@ -1,0 +1,72 @@
+"""mbkit.cost: step times in turns. (No timing is asserted: only what the measurement must be.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mbkit import cost
+from mbkit.experiments import Method
+from mbkit.train import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def data():
+    from mbkit.balance_map import World
+    return World(n_users=3000, n_items=1500, min_user_items=5, min_item_users=5).task_data(1.0, 1.0, device="cpu")
+
+
+METHODS = [Method("Vanilla", "vanilla"), Method("MB", "metabalance", {"relax_factor": 0.7}),
+           Method("Uncertainty", "uncertainty")]
+
+
+def test_every_method_is_timed_in_turns_from_its_own_steps(data, monkeypatch):
+    calls = []
+    real = cost.train_step
+
+    def spy(run, engine, users, items, labels, **kw):
+        calls.append((run.config["balancer"], kw["per_task"]))
+        return real(run, engine, users, items, labels, **kw)
+
+    monkeypatch.setattr(cost, "train_step", spy)
+    out = cost.step_times(data, METHODS, TrainConfig(progress=False), steps=4, warmup=1)
+    assert list(out.index) == ["Vanilla", "MB", "Uncertainty"]
+    assert out.loc["Vanilla", "time per step / Vanilla"] == 1.0 and (out["ms_per_step"] > 0).all()
+    assert ((out["q25"] <= out["ms_per_step"]) & (out["ms_per_step"] <= out["q75"])).all()
+    assert len(calls) == 3 * 5
+    # turns: every round has one step of each method, the first method of a round rotates
+    rounds = [calls[i:i + 3] for i in range(0, 15, 3)]
+    assert all(sorted(b for b, _ in r) == ["metabalance", "uncertainty", "vanilla"] for r in rounds)
+    assert [r[0][0] for r in rounds[:3]] == ["vanilla", "metabalance", "uncertainty"]
+    # Vanilla takes the one-backward path of training, the others the per-task gradients
+    assert {p for b, p in calls if b == "vanilla"} == {False} and all(p for b, p in calls if b != "vanilla")
+
+
+def test_steps_train_the_model_as_fit_does(data):
+    """The timed step is the training step: after n steps from the same seed, the model equals fit's after the
+    same steps (one epoch here)."""
+    from mbkit.grads import GradEngine
+    from mbkit.optim import make_optimizers
+    from mbkit.runstate import RunState
+    from mbkit.train import build_model, fit, make_balancer, train_step
+    from mbkit.utils import make_generator, seed_everything
+    import dataclasses
+    cfg = TrainConfig(balancer="metabalance", balancer_kwargs={"relax_factor": 0.7}, epochs=1, progress=False)
+    trained = fit(data, cfg).model
+    seed_everything(cfg.seed)
+    model = build_model(data, cfg, torch.device("cpu")).train()
+    run = RunState(config=dataclasses.asdict(cfg), fingerprint={}, model=model,
+                   optimizers=make_optimizers(model, cfg.mode, lr=cfg.lr, weight_decay=cfg.weight_decay),
+                   balancer=make_balancer(cfg), sampler=make_generator(cfg.seed, torch.device("cpu")))
+    engine = GradEngine(model, mode=cfg.mode)
+    for users, items, labels in data.batches(cfg.batch_size, run.sampler, num_neg=cfg.num_neg):
+        train_step(run, engine, users, items, labels)
+    for (name, a), b in zip(trained.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_bad_arguments_say_what_is_wrong(data):
+    with pytest.raises(ValueError, match="steps >= 1"):
+        cost.step_times(data, METHODS, TrainConfig(), steps=0)
+    with pytest.raises(ValueError, match="needs methods"):
+        cost.step_times(data, [], TrainConfig())
