@@ -25,12 +25,12 @@ endif
 # Another host, simulated on every `make test`: MKL's SSE-compatible path, ATen without SIMD, oneDNN up to
 # SSE4.1. The notebooks must pass their checks there too (trained numbers within the seed spread).
 OTHER_HOST := MKL_CBWR=COMPATIBLE ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-# The other host's pass re-trains the notebooks whose numbers the study reports and runs 05's map, which
-# only it runs (03's sweep and 06's comparison are left to the pinned pass, to keep the two passes about
-# equally long on 2 cores; 01 trains nothing and its numbers are integers), and runs the Ray grid tests
-# (they compare the two executors within one process's CPU code paths) and the browser test (smoke scale).
-OTHER_HOST_TESTS := notebooks/02_gradient_imbalance.ipynb notebooks/04_method_comparison.ipynb \
-	notebooks/05_balance_map.ipynb tests/test_results.py tests/test_ray_grid.py tests/test_lab.py
+# The other host's pass re-trains the study's comparison (04) and runs 05's map, which only it runs; 01 (no
+# training, integer results), 02 (a direction of gradient ratios), 03's sweep and 06's comparison are left to
+# the pinned pass, to keep the two passes about equally long on 2 cores. It also runs the Ray grid tests (they
+# compare the two executors within one process's CPU code paths) and the browser test (smoke scale).
+OTHER_HOST_TESTS := notebooks/04_method_comparison.ipynb notebooks/05_balance_map.ipynb tests/test_results.py \
+	tests/test_ray_grid.py tests/test_lab.py
 PINNED_ONLY_SKIPS := --ignore=tests/test_ray_grid.py --ignore=tests/test_lab.py --ignore=notebooks/05_balance_map.ipynb
 
 .PHONY: setup lock reproduce notebooks test clean
@@ -66,7 +66,7 @@ notebooks: setup
 	env $(PINNED) $(BIN)/python -m mbkit reproduce --params $(PARAMS) --out $(EXECUTED) --update-notebooks
 
 # Two passes at once (one thread each, so 2 cores run both): unit tests + the notebooks but 05 on the pinned
-# paths, and 02, 04 and 05 on another host's paths, whose log is printed when both have finished.
+# paths, and 04 and 05 on another host's paths, whose log is printed when both have finished.
 test: setup
 	@mkdir -p build
 	@env $(OTHER_HOST) $(PYTEST) $(OTHER_HOST_TESTS) > build/test-other-host.log 2>&1 & other=$$!; \

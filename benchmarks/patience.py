@@ -5,6 +5,10 @@ reproduces the uninterrupted run), so the test NDCG@10 that a run stopped after 
 stops at, the best epoch it reports and the test NDCG@10 mean ± std over seeds.
 
     .venv/bin/python benchmarks/patience.py --epochs 12 --seeds 0 1 2 3 4
+    .venv/bin/python benchmarks/patience.py --world 15000 5000 --methods vanilla metabalance dwa mgda cagrad
+
+`--world N_USERS N_ITEMS` trains on the synthetic world at that size (notebooks 05 and 06 use 15000 5000);
+`--methods` picks balancers by registry name (MetaBalance at r = 0.7), with their default arguments.
 """
 
 from __future__ import annotations
@@ -18,9 +22,14 @@ import numpy as np
 import pandas as pd
 
 from mbkit import data as mbd
+from mbkit.balancers import make
 from mbkit.train import TrainConfig, fit
 
-METHODS = {"Vanilla": ("vanilla", {}), "MetaBalance (r=0.7)": ("metabalance", {"relax_factor": 0.7})}
+
+def methods(names: list[str]) -> dict[str, tuple[str, dict]]:
+    """Label -> (registry name, arguments): MetaBalance at the notebooks' r = 0.7, the others as made."""
+    kwargs = {n: ({"relax_factor": 0.7} if n == "metabalance" else {}) for n in names}
+    return {str(make(n, **kwargs[n])): (n, kwargs[n]) for n in names}
 
 
 def stop_epoch(valid: list[float], patience: int | None) -> int:
@@ -40,13 +49,15 @@ def main() -> None:
     p.add_argument("--patience", type=int, nargs="+", default=[1, 2, 3, 5])
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
+    p.add_argument("--world", type=int, nargs=2, default=None, metavar=("N_USERS", "N_ITEMS"))
+    p.add_argument("--methods", nargs="+", default=["vanilla", "metabalance"])
     args = p.parse_args()
 
-    _, log = mbd.load_filtered("synthetic")
+    _, log = mbd.load_filtered("synthetic", synthetic_size=tuple(args.world) if args.world else None)
     data = mbd.build_task_data(log, seed=0, device=args.device)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, (balancer, kwargs) in METHODS.items():
+        for label, (balancer, kwargs) in methods(args.methods).items():
             for seed in args.seeds:
                 t0 = time.perf_counter()
                 folder = Path(tmp) / f"{balancer}_{seed}"

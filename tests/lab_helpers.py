@@ -34,6 +34,9 @@ SMOKE_PARAMETERS: dict[str, Any] = {
     "seeds": [0],
     "relax_factors": [0.0, 0.7],
     "strategies": ["both"],
+    "world_users": 6000,            # notebooks 05 and 06: a fifth of the default world (about 120 users filtered)
+    "world_items": 2000,
+    "cost_rounds": 3,               # notebook 06's step timing
 }
 
 BREAK_SOURCE = 'raise RuntimeError("MBKIT_LAB_BREAK: a cell that raises, injected by tests/lab_helpers.py")'
