@@ -9,7 +9,7 @@ grid cells showed a progress bar. A screenshot of each notebook goes to $MBKIT_A
 
 Environment:
   MBKIT_LAB_SMOKE          scale: unset/"1" = smoke (lab_helpers.SMOKE_PARAMETERS: 1 epoch, batch 4096, 1 seed,
-                           relax factors 0 and 0.7); "0" = the notebooks'
+                           relax factors 0 and 0.7, a fifth-size world in 05 and 06); "0" = the notebooks'
                            defaults; a params YAML (notebooks/params/default.yaml); or "{epochs: 2}" on top
                            of the smoke values
   MBKIT_LAB_TIMEOUT        seconds per notebook (default 300)
