@@ -22,7 +22,7 @@ from mbkit.experiments import Method
 from mbkit.grads import GradEngine
 from mbkit.optim import make_optimizers
 from mbkit.runstate import RunState
-from mbkit.train import TrainConfig, build_model, make_balancer, train_step
+from mbkit.train import TrainConfig, build_model, make_balancer, sums_losses, train_step
 from mbkit.utils import make_generator, seed_everything
 
 
@@ -52,7 +52,7 @@ def step_times(data: TaskData, methods: Iterable[Method], base: TrainConfig, *, 
         run = RunState(config=dataclasses.asdict(cfg), fingerprint={}, model=model,
                        optimizers=make_optimizers(model, cfg.mode, lr=cfg.lr, weight_decay=cfg.weight_decay),
                        balancer=make_balancer(cfg), sampler=make_generator(seed, device))
-        per_task = not (cfg.balancer == "vanilla" and not getattr(run.balancer, "uses_losses", False))
+        per_task = not sums_losses(cfg, run.balancer)
         runs.append((run, GradEngine(model, mode=cfg.mode), per_task, _batches(data, cfg, run.sampler)))
     times: list[list[float]] = [[] for _ in methods]
     for r in range(warmup + steps):

@@ -330,7 +330,8 @@ def verdicts(changes: pd.DataFrame, baseline: str, level: float = 0.95, metric: 
     groups["no resolvable difference"] = ~(groups["better"] | groups["worse"])
     parts = []
     for word, mask in groups.items():
-        named = ", ".join(f"{m} {c:+.1f}%" for m, c in changes.loc[mask, ["method", "change_pct"]].itertuples(index=False))
+        rows = changes.loc[mask, ["method", "change_pct"]].itertuples(index=False)
+        named = ", ".join(f"{m} {c:+.1f}%" for m, c in rows)
         parts.append(f"  {word} ({int(mask.sum())}): {named or '-'}")
     return f"against {baseline} ({metric}, paired {level:.0%} interval):\n" + "\n".join(parts)
 

@@ -219,8 +219,8 @@ def _label_heights(x: np.ndarray, y: np.ndarray, gap: float, width: float) -> np
 def quality_vs_cost(summary: pd.DataFrame, cost: pd.Series, metric: str = "ndcg@10", level: float = 0.95,
                     floors: dict[str, float] | None = None, highlight: Iterable[str] = ()) -> plt.Figure:
     """Each method's test `metric` (mean over seeds, with its t-interval at `level`) against its time per
-    training step relative to Vanilla (`experiments.step_cost`); `floors` (label -> value) are drawn as
-    horizontal lines, e.g. the popularity ranker, which has no training cost."""
+    training step relative to Vanilla (`cost.step_times`, or `experiments.step_cost` from the runs);
+    `floors` (label -> value) are drawn as horizontal lines, e.g. the popularity ranker (no training cost)."""
     from scipy import stats
 
     methods = [m for m in summary.index if m in cost.index]

@@ -120,7 +120,8 @@ class FitResult:
         return {"label": self.label, "balancer": self.config.balancer, "seed": self.config.seed,
                 "best_epoch": self.best_epoch, "valid": self.valid, "test": self.test,
                 "train_seconds": self.train_seconds,
-                "steps": int(self.history["steps"].sum()) if "steps" in self.history else 0, "config": dataclasses.asdict(self.config),
+                "steps": int(self.history["steps"].sum()) if "steps" in self.history else 0,
+                "config": dataclasses.asdict(self.config),
                 "data": self.fingerprint, "code": self.code, "resumes": self.resumes}
 
     def save(self, out: str | Path) -> Path:
@@ -218,6 +219,11 @@ class _FiniteGuard:
         self.pending.clear()
 
 
+def sums_losses(config: TrainConfig, balancer: Any) -> bool:
+    """Whether a step may take one backward of the summed loss (Vanilla, which needs no per-task gradients)."""
+    return config.balancer == "vanilla" and not getattr(balancer, "uses_losses", False)
+
+
 def train_step(run: RunState, engine: GradEngine, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor,
                *, per_task: bool = True, amp: bool = False,
                check: Callable[[torch.Tensor], None] | None = None) -> tuple[torch.Tensor, Any]:
@@ -238,7 +244,8 @@ def train_step(run: RunState, engine: GradEngine, users: torch.Tensor, items: to
     if per_task:
         # (K,) per-task mean losses of this batch, target first, for balancers that weigh by loss
         balancer = run.balancer
-        combined = balancer(tg.shared, losses=losses) if getattr(balancer, "uses_losses", False) else balancer(tg.shared)
+        uses_losses = getattr(balancer, "uses_losses", False)
+        combined = balancer(tg.shared, losses=losses) if uses_losses else balancer(tg.shared)
         engine.write(tg, combined)
     for opt in run.optimizers:
         opt.step()
@@ -249,7 +256,7 @@ def train_step(run: RunState, engine: GradEngine, users: torch.Tensor, items: to
 def _train_epoch(run: RunState, data: TaskData, engine: GradEngine, config: TrainConfig, guard: _FiniteGuard,
                  step: int, epoch: int, amp: bool) -> tuple[int, torch.Tensor]:
     """One epoch of steps; returns the global step count after it and the (K,) summed per-task losses."""
-    fast_vanilla = config.balancer == "vanilla" and not getattr(run.balancer, "uses_losses", False)
+    fast_vanilla = sums_losses(config, run.balancer)
     run.model.train()
     loss_sum = torch.zeros(len(data.tasks), device=data.device)
     for users, items, labels in data.batches(config.batch_size, run.sampler, num_neg=config.num_neg):
