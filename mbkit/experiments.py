@@ -79,8 +79,10 @@ def notebook_grid(notebook: str, params: dict[str, Any]) -> tuple[list[Method], 
     `python -m mbkit grid` both build it here, so their runs share records in a `runs_dir`."""
     if notebook not in GRIDS:
         raise ValueError(f"notebook {notebook!r} trains no grid; grids: {', '.join(GRIDS)}")
+    patience = params.get("patience")
     base = TrainConfig(epochs=int(params["epochs"]), batch_size=int(params["batch_size"]), mode=params["mode"],
-                       device=params.get("device", "auto"), progress=False)
+                       patience=None if patience is None else int(patience), device=params.get("device", "auto"),
+                       progress=False)
     return GRIDS[notebook](params), [int(s) for s in params["seeds"]], base
 
 
@@ -137,8 +139,9 @@ def run_grid(data: TaskData, methods: Iterable[Method], seeds: Iterable[int], ba
              cpus_per_run: int = 1, max_retries: int = 2) -> pd.DataFrame:
     """Train every method with every seed (same data split) and return one row per run.
 
-    Columns: method, balancer, seed, best_epoch, train_seconds, steps (training steps of the run; None in
-    records written before mbkit recorded it), the method's keyword arguments,
+    Columns: method, balancer, seed, best_epoch, epochs_trained (fewer than `base.epochs` when the patience
+    rule stopped the run), train_seconds, steps (epochs_trained and steps are None in records written
+    before mbkit recorded them), the method's keyword arguments,
     valid_<metric>, test_<metric>. `on_run(method, result)` is called after each run that trains here
     (local executor).
 
@@ -202,8 +205,8 @@ def run_grid(data: TaskData, methods: Iterable[Method], seeds: Iterable[int], ba
     rows = []
     for (m, s, cfg), rec in zip(plan, records):
         row: dict[str, Any] = {"method": m.label, "balancer": m.balancer, "seed": s,
-                               "best_epoch": rec["best_epoch"], "train_seconds": rec["train_seconds"],
-                               "steps": rec.get("steps")}
+                               "best_epoch": rec["best_epoch"], "epochs_trained": rec.get("epochs_trained"),
+                               "train_seconds": rec["train_seconds"], "steps": rec.get("steps")}
         row.update({k: v for k, v in m.kwargs.items()})
         row.update({f"valid_{k}": v for k, v in rec["valid"].items()})
         row.update({f"test_{k}": v for k, v in rec["test"].items()})
@@ -252,6 +255,19 @@ def summarize(runs: pd.DataFrame, by: str | list[str] = "method", split: str = "
     out.columns = [f"{m.removeprefix(split + '_')}_{stat}" for stat, m in out.columns]
     out["n_seeds"] = g.size()
     return out
+
+
+def stopping(runs: pd.DataFrame, cap: int, by: str | list[str] = "method") -> pd.DataFrame:
+    """Where each group's runs peaked and stopped, in seed order: "best epoch" and "epochs trained" per
+    seed, and "stopped on its own" (runs that the patience rule ended before the `cap` of epochs)."""
+    by = [by] if isinstance(by, str) else list(by)
+    if runs["epochs_trained"].isna().any():
+        raise ValueError("these run records predate mbkit's epochs_trained column: train the grid again")
+    g = runs.sort_values("seed", kind="stable").groupby(by, sort=False)
+    out = pd.DataFrame({"best epoch": g["best_epoch"].agg(lambda x: [int(v) for v in x]),
+                        "epochs trained": g["epochs_trained"].agg(lambda x: [int(v) for v in x])})
+    out["stopped on its own"] = g["epochs_trained"].agg(lambda x: f"{int((x < cap).sum())} of {len(x)}")
+    return out.reindex(runs[by].drop_duplicates().set_index(by).index)
 
 
 def short_name(metric: str) -> str:

@@ -121,6 +121,7 @@ class FitResult:
                 "best_epoch": self.best_epoch, "valid": self.valid, "test": self.test,
                 "train_seconds": self.train_seconds,
                 "steps": int(self.history["steps"].sum()) if "steps" in self.history else 0,
+                "epochs_trained": len(self.history),
                 "config": dataclasses.asdict(self.config),
                 "data": self.fingerprint, "code": self.code, "resumes": self.resumes}
 

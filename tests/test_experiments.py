@@ -73,6 +73,30 @@ def test_all_methods_lists_the_study_three_then_every_baseline():
     assert [m.balancer for m in grid] == [m.balancer for m in all_methods(0.7)] and seeds == [0, 1]
 
 
+def test_notebook_grids_pass_the_patience_rule_on():
+    from mbkit.experiments import notebook_grid
+    params = {"relax_factor": 0.7, "seeds": [0], "epochs": 20, "batch_size": 256, "mode": "compact"}
+    assert notebook_grid("04_method_comparison", {**params, "patience": 1})[2].patience == 1
+    assert notebook_grid("04_method_comparison", {**params, "patience": None})[2].patience is None
+    assert notebook_grid("06_all_methods", params)[2].patience is None  # no patience parameter: every epoch
+    assert notebook_grid("04_method_comparison", {**params, "patience": 2})[2].epochs == 20
+
+
+def test_stopping_lists_best_and_trained_epochs_in_seed_order():
+    from mbkit.experiments import stopping
+    runs = pd.DataFrame({"strategy": ["both"] * 4, "relax_factor": [0.7, 0.7, 0.0, 0.7],
+                         "method": ["MB", "MB", "V", "MB"], "seed": [2, 0, 0, 1],
+                         "best_epoch": [3, 2, 2, 19], "epochs_trained": [4, 3, 3, 20]})
+    t = stopping(runs, cap=20)
+    assert list(t.index) == ["MB", "V"]  # in the order methods first appear
+    assert t.loc["MB", "best epoch"] == [2, 19, 3] and t.loc["MB", "epochs trained"] == [3, 20, 4]
+    assert t.loc["MB", "stopped on its own"] == "2 of 3" and t.loc["V", "stopped on its own"] == "1 of 1"
+    by_cell = stopping(runs, cap=20, by=["strategy", "relax_factor"])
+    assert list(by_cell.index) == [("both", 0.7), ("both", 0.0)]
+    with pytest.raises(ValueError, match="epochs_trained"):
+        stopping(runs.assign(epochs_trained=None), cap=20)
+
+
 def test_paired_change_without_groups_is_one_row_per_method(runs):
     from mbkit.experiments import paired_change
     c = paired_change(runs, "Vanilla").set_index("method")

@@ -119,6 +119,7 @@ def test_patience_stops_at_the_first_non_improving_epoch(task_data):
     assert len(early.history) == expected
     assert list(early.history["valid_ndcg@10"]) == scores[:expected]
     assert early.best_epoch == full.history["valid_ndcg@10"][:expected].idxmax() + 1
+    assert early.summary()["epochs_trained"] == expected and full.summary()["epochs_trained"] == 5
 
 
 def test_pcgrad_order_follows_the_run_seed(task_data, monkeypatch):
