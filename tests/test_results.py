@@ -47,8 +47,10 @@ def test_table1_filtered_log_is_a_dense_core_of_the_raw_log():
     raw, filtered = table["raw"], table["filtered"]
     for col in ("users", "items", "buy", "cart", "pv", "fav"):
         assert 0 < filtered[col] < raw[col]
-    # the filter keeps users with >= 10 distinct purchased items: purchases per user rise sharply
-    assert filtered["buy"] / filtered["users"] >= 10 > raw["buy"] / raw["users"]
+    # the filter keeps users with >= 10 distinct purchased items, counted before the item filter removes some
+    # of them ("once" mode; on the default world 9.3 remain per user): purchases per user rise several-fold
+    assert filtered["buy"] / filtered["users"] > 5 * raw["buy"] / raw["users"]
+    assert raw["buy"] / raw["users"] < 10
     assert filtered["pv"] > filtered["cart"] > filtered["fav"]
 
 
