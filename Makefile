@@ -25,13 +25,15 @@ endif
 # Another host, simulated on every `make test`: MKL's SSE-compatible path, ATen without SIMD, oneDNN up to
 # SSE4.1. The notebooks must pass their checks there too (trained numbers within the seed spread).
 OTHER_HOST := MKL_CBWR=COMPATIBLE ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-# The other host's pass re-trains the study's comparison (04) and runs 05's map, which only it runs; 01 (no
-# training, integer results), 02 (a direction of gradient ratios), 03's sweep and 06's comparison are left to
-# the pinned pass, to keep the two passes about equally long on 2 cores. It also runs the Ray grid tests (they
-# compare the two executors within one process's CPU code paths) and the browser test (smoke scale).
-OTHER_HOST_TESTS := notebooks/04_method_comparison.ipynb notebooks/05_balance_map.ipynb tests/test_results.py \
-	tests/test_ray_grid.py tests/test_lab.py
-PINNED_ONLY_SKIPS := --ignore=tests/test_ray_grid.py --ignore=tests/test_lab.py --ignore=notebooks/05_balance_map.ipynb
+# Each trained notebook runs in one of the two passes. The other host's pass takes the relax-factor sweep (03),
+# the balance map (05) and every balancer (06), and also the Ray grid tests (they compare the two executors
+# within one process's CPU code paths) and the browser test (smoke scale); the pinned pass takes the unit tests,
+# 01 (no training, integer results), 02 (directions of gradient ratios) and the study's comparison (04, the
+# longest grid since its runs train to the patience rule). The two passes then take about as long on 2 cores.
+OTHER_HOST_TESTS := notebooks/03_relax_factor.ipynb notebooks/05_balance_map.ipynb notebooks/06_all_methods.ipynb \
+	tests/test_results.py tests/test_ray_grid.py tests/test_lab.py
+PINNED_ONLY_SKIPS := --ignore=tests/test_ray_grid.py --ignore=tests/test_lab.py \
+	--ignore=notebooks/03_relax_factor.ipynb --ignore=notebooks/05_balance_map.ipynb --ignore=notebooks/06_all_methods.ipynb
 
 .PHONY: setup lock reproduce notebooks test clean
 
@@ -65,8 +67,8 @@ reproduce: setup
 notebooks: setup
 	env $(PINNED) $(BIN)/python -m mbkit reproduce --params $(PARAMS) --out $(EXECUTED) --update-notebooks
 
-# Two passes at once (one thread each, so 2 cores run both): unit tests + the notebooks but 05 on the pinned
-# paths, and 04 and 05 on another host's paths, whose log is printed when both have finished.
+# Two passes at once (one thread each, so 2 cores run both): unit tests + notebooks 01, 02 and 04 on the pinned
+# paths, and 03, 05 and 06 on another host's paths, whose log is printed when both have finished.
 test: setup
 	@mkdir -p build
 	@env $(OTHER_HOST) $(PYTEST) $(OTHER_HOST_TESTS) > build/test-other-host.log 2>&1 & other=$$!; \

@@ -16,6 +16,7 @@ import argparse
 import time
 
 import numpy as np
+import pandas as pd
 
 import mbkit.synthetic as synthetic
 from mbkit import data as mbd
@@ -40,7 +41,8 @@ def main() -> None:
     t = time.perf_counter()
     log = mbd.filter_log(synthetic.synthesize(*args.world))
     print(f"generated and filtered in {time.perf_counter() - t:.1f} s")
-    stats = mbd.log_stats({"default world": log})
+    stats = pd.concat([mbd.log_stats({"this world, filtered": log}),
+                       mbd.thesis_stats().loc[["filtered"]].rename(index={"filtered": "thesis Table 1, filtered"})])
     print(mbd.table1_ratios(stats).round(2).to_string())
     data = mbd.build_task_data(log, seed=0, device="cpu")
     print(data.describe())

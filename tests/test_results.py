@@ -95,8 +95,11 @@ def test_method_comparison_table_is_consistent():
     for method in table.index:
         expected = 100 * (table.loc[method, "ndcg@10_mean"] / table.loc["Vanilla", "ndcg@10_mean"] - 1)
         assert rel.loc[method, "ndcg@10"] == pytest.approx(expected, abs=1e-9)
-    # every method learns far more than a random ranker (about 10 / n_items = 0.01 here)
-    assert (table["ndcg@10_mean"] > 0.05).all()
+    # the calibrated world (issue 9): Vanilla of the real log's order (0.048 committed; thesis 0.010), far
+    # below the old world's 0.135, and about three times the popularity floor; every method clears the floor
+    assert table.loc["Vanilla", "ndcg@10_mean"] < 0.065
+    assert table.loc["Vanilla", "ndcg@10_mean"] > 2 * popular["ndcg@10_mean"]
+    assert (table.drop(index="Most popular (training purchases)")["ndcg@10_mean"] > popular["ndcg@10_mean"]).all()
 
 
 def test_balance_map_is_complete_and_its_dials_act():
@@ -117,9 +120,9 @@ def test_balance_map_is_complete_and_its_dials_act():
     # auxiliary behaviors that follow the purchase preference teach the shared layers more than unrelated ones
     vanilla = table[table["method"] == "Vanilla"].set_index(["alignment", "volume"])["ndcg@10_mean"]
     assert vanilla.loc[(hi_a, hi_v)] > vanilla.loc[(lo_a, hi_v)]
-    # at the default dials the trained model clears the popularity floor (in the committed map it does not
-    # in the other cells: notebook 05 says so)
-    assert vanilla.loc[(hi_a, hi_v)] > 1.2 * worlds.loc[(hi_a, hi_v), "most popular ndcg@10"]
+    # at the default dials the trained model clears the popularity floor (in the committed map by 35 %; at a
+    # quarter of the volume it does not: notebook 05 says so)
+    assert vanilla.loc[(hi_a, hi_v)] > worlds.loc[(hi_a, hi_v), "most popular ndcg@10"]
 
 
 def test_all_methods_comparison_is_complete_and_consistent():

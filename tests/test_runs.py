@@ -247,7 +247,8 @@ def test_run_name_is_deterministic():
 
 def test_interrupted_grid_finishes_with_the_uninterrupted_table(tmp_path, task_data, capsys):
     full = run_grid(task_data, METHODS, [0], GRID_CFG)  # the call the notebooks make, unchanged
-    assert list(full.columns[:5]) == ["method", "balancer", "seed", "best_epoch", "train_seconds"]
+    assert list(full.columns[:6]) == ["method", "balancer", "seed", "best_epoch", "epochs_trained", "train_seconds"]
+    assert (full["epochs_trained"] == GRID_CFG.epochs).all()  # no patience: every epoch is trained
 
     runs = tmp_path / "runs"
     # "Killed" twice: once between runs (Vanilla finished and recorded), once inside MetaBalance's
