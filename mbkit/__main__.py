@@ -106,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--params", default="notebooks/params/default.yaml", help="parameter file (YAML)")
     r.add_argument("--out", default="build/executed", help="folder for the executed notebooks")
     r.add_argument("--only", default=None, help="run only notebooks whose name contains this")
+    r.add_argument("--jobs", type=int, default=1, help="notebooks executed at once, each in its own process "
+                   "(default 1; `make reproduce` uses 2, one per core)")
     r.add_argument("--update-notebooks", action="store_true",
                    help="afterwards, copy the executed notebooks over notebooks/ (maintainers, before a commit)")
     return root
@@ -270,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             _grid(args)
         elif args.command == "reproduce":
             from mbkit.reproduce import run_notebooks
-            run_notebooks(args.params, args.out, only=args.only)
+            run_notebooks(args.params, args.out, only=args.only, jobs=args.jobs)
             if args.update_notebooks:
                 from mbkit.reproduce import store_executed
                 for path in store_executed(args.out):

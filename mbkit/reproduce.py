@@ -7,8 +7,11 @@ papermill only warns about unknown names, so `check_params` turns that into an e
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -46,22 +49,76 @@ def check_params(params: dict[str, dict[str, Any]]) -> None:
             raise ValueError(f"{nb.name} has no parameters {sorted(extra)}; it declares {sorted(declared)}")
 
 
-def run_notebooks(params_file: str | Path, out_dir: str | Path = "build/executed", only: str | None = None) -> None:
-    """Execute every notebook (or those whose name contains `only`) into `out_dir`, stopping at the first failure."""
+def run_notebooks(params_file: str | Path, out_dir: str | Path = "build/executed", only: str | None = None,
+                  jobs: int = 1) -> None:
+    """Execute every notebook (or those whose name contains `only`) into `out_dir`, stopping at the first failure.
+
+    `jobs` > 1 executes that many notebooks at once, each in a process of its own (`python -m mbkit
+    reproduce --only <notebook>`, its output in `out_dir/<notebook>.log`), started in notebook order. The
+    notebooks share nothing while they run (each reads only the committed records of the others, which
+    are written atomically), so the numbers do not depend on `jobs`; with one thread per process, 2 jobs
+    use 2 cores. After a failure no further notebook starts.
+    """
     import papermill
 
+    if jobs < 1:
+        raise ValueError(f"jobs={jobs} must be >= 1")
     params = load_params(params_file)
     check_params(params)
     out = Path(out_dir)
     if not out.is_absolute():
         out = ROOT / out
     out.mkdir(parents=True, exist_ok=True)
-    for nb in notebooks():
-        if only and only not in nb.name:
-            continue
+    chosen = [nb for nb in notebooks() if not only or only in nb.name]
+    if jobs > 1 and len(chosen) > 1:
+        def command(stem: str) -> list[str]:
+            return [sys.executable, "-m", "mbkit", "reproduce", "--params", str(Path(params_file).resolve()),
+                    "--out", str(out), "--only", stem]
+        run_parallel([nb.stem for nb in chosen], jobs, command, out)
+        return
+    for nb in chosen:
         print(f"== {nb.name}", flush=True)
         papermill.execute_notebook(str(nb), str(out / nb.name), parameters=params[nb.stem],
                                    kernel_name="python3", cwd=str(NOTEBOOK_DIR), progress_bar=False)
+
+
+def run_parallel(names: list[str], jobs: int, command: Callable[[str], list[str]], log_dir: Path) -> None:
+    """Run `command(name)` for every name, at most `jobs` at once, in order; each writes `log_dir/<name>.log`.
+
+    Raises RuntimeError naming the failed commands, their logs and the names never started (none starts
+    after a failure); an interruption stops the running ones.
+    """
+    pending, running, failed = list(names), {}, []
+    try:
+        while pending or running:
+            while pending and len(running) < jobs and not failed:
+                name = pending.pop(0)
+                log = open(log_dir / f"{name}.log", "w")
+                running[name] = (subprocess.Popen(command(name), stdout=log, stderr=subprocess.STDOUT), log,
+                                 time.monotonic())
+                print(f"== {name}: started (output: {log.name})", flush=True)
+            if not running:
+                break
+            time.sleep(0.5)
+            for name, (proc, log, start) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                log.close()
+                del running[name]
+                if proc.returncode:
+                    failed.append(name)
+                    print(f"== {name}: FAILED (exit {proc.returncode}; output: {log.name})", flush=True)
+                else:
+                    print(f"== {name}: done in {time.monotonic() - start:.0f} s", flush=True)
+    finally:
+        for proc, log, _ in running.values():
+            proc.terminate()
+            proc.wait()
+            log.close()
+    if failed:
+        logs = ", ".join(str(log_dir / f"{n}.log") for n in failed)
+        skipped = f"; not started: {', '.join(pending)}" if pending else ""
+        raise RuntimeError(f"{', '.join(failed)} failed (see {logs}){skipped}")
 
 
 def store_executed(out_dir: str | Path = "build/executed") -> list[Path]:

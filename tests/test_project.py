@@ -212,3 +212,32 @@ def test_readme_python_example_runs(capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("MetaBalance (r=0.7) 0.")
     assert out[1].startswith("[(64, 32), (32,)]")
+
+
+def _marker_command(tmp_path, name: str, wait_for: str | None = None, code: int = 0) -> list[str]:
+    """A child that prints, marks that it started, optionally waits (up to 60 s) for another's mark, exits."""
+    import sys
+    script = (f"import pathlib, sys, time; d = pathlib.Path({str(tmp_path)!r}); print('hello from {name}'); "
+              f"(d / '{name}.started').touch(); end = time.monotonic() + 60\n"
+              f"while {wait_for is not None} and not (d / '{wait_for}.started').exists() and time.monotonic() < end:"
+              f" time.sleep(0.05)\n"
+              f"sys.exit({code} if {wait_for is None} or (d / '{wait_for}.started').exists() else 9)")
+    return [sys.executable, "-c", script]
+
+
+def test_parallel_notebook_runs_overlap_and_log_each_output(tmp_path):
+    from mbkit.reproduce import run_parallel
+    # each child finishes only once the other has started: with 2 jobs both run at once
+    waits = {"a": "b", "b": "a", "c": None}
+    run_parallel(["a", "b", "c"], 2, lambda n: _marker_command(tmp_path, n, waits[n]), tmp_path)
+    for name in waits:
+        assert (tmp_path / f"{name}.log").read_text().strip() == f"hello from {name}"
+
+
+def test_a_failed_notebook_run_stops_the_rest_and_names_its_log(tmp_path):
+    from mbkit.reproduce import run_parallel
+    codes = {"ok": 0, "bad": 3, "later": 0}
+    with pytest.raises(RuntimeError, match=r"bad failed \(see .*bad\.log\); not started: later"):
+        run_parallel(["ok", "bad", "later"], 1, lambda n: _marker_command(tmp_path, n, code=codes[n]), tmp_path)
+    assert (tmp_path / "ok.started").exists() and (tmp_path / "bad.started").exists()
+    assert not (tmp_path / "later.log").exists()
