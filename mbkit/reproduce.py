@@ -94,8 +94,12 @@ def run_parallel(names: list[str], jobs: int, command: Callable[[str], list[str]
             while pending and len(running) < jobs and not failed:
                 name = pending.pop(0)
                 log = open(log_dir / f"{name}.log", "w")
-                running[name] = (subprocess.Popen(command(name), stdout=log, stderr=subprocess.STDOUT), log,
-                                 time.monotonic())
+                try:
+                    proc = subprocess.Popen(command(name), stdout=log, stderr=subprocess.STDOUT)
+                except BaseException:
+                    log.close()
+                    raise
+                running[name] = (proc, log, time.monotonic())
                 print(f"== {name}: started (output: {log.name})", flush=True)
             if not running:
                 break

@@ -234,6 +234,22 @@ def test_parallel_notebook_runs_overlap_and_log_each_output(tmp_path):
         assert (tmp_path / f"{name}.log").read_text().strip() == f"hello from {name}"
 
 
+def test_a_command_that_cannot_start_stops_the_others_and_closes_every_log(tmp_path, monkeypatch):
+    from mbkit import reproduce
+    opened = []
+
+    def tracked_open(*args, **kwargs):
+        opened.append(open(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(reproduce, "open", tracked_open, raising=False)
+    commands = {"waits": _marker_command(tmp_path, "waits", wait_for="never"), "missing": [str(tmp_path / "nope")]}
+    with pytest.raises(FileNotFoundError):
+        reproduce.run_parallel(["waits", "missing"], 2, commands.__getitem__, tmp_path)
+    assert [Path(f.name).name for f in opened] == ["waits.log", "missing.log"]
+    assert all(f.closed for f in opened)
+
+
 def test_a_failed_notebook_run_stops_the_rest_and_names_its_log(tmp_path):
     from mbkit.reproduce import run_parallel
     codes = {"ok": 0, "bad": 3, "later": 0}
