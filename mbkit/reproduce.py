@@ -7,6 +7,7 @@ papermill only warns about unknown names, so `check_params` turns that into an e
 
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
 import time
@@ -54,7 +55,7 @@ def run_notebooks(params_file: str | Path, out_dir: str | Path = "build/executed
     """Execute every notebook (or those whose name contains `only`) into `out_dir`, stopping at the first failure.
 
     `jobs` > 1 executes that many notebooks at once, each in a process of its own (`python -m mbkit
-    reproduce --only <notebook>`, its output in `out_dir/<notebook>.log`), started in notebook order. The
+    reproduce --only <notebook>`, its output in `out_dir/<notebook>.log`), the longest first (`longest_first`). The
     notebooks share nothing while they run (each reads only the committed records of the others, which
     are written atomically), so the numbers do not depend on `jobs`; with one thread per process, 2 jobs
     use 2 cores. After a failure no further notebook starts.
@@ -74,12 +75,26 @@ def run_notebooks(params_file: str | Path, out_dir: str | Path = "build/executed
         def command(stem: str) -> list[str]:
             return [sys.executable, "-m", "mbkit", "reproduce", "--params", str(Path(params_file).resolve()),
                     "--out", str(out), "--only", stem]
-        run_parallel([nb.stem for nb in chosen], jobs, command, out)
+        run_parallel(longest_first([nb.stem for nb in chosen]), jobs, command, out)
         return
     for nb in chosen:
         print(f"== {nb.name}", flush=True)
         papermill.execute_notebook(str(nb), str(out / nb.name), parameters=params[nb.stem],
                                    kernel_name="python3", cwd=str(NOTEBOOK_DIR), progress_bar=False)
+
+
+def longest_first(stems: list[str], results_dir: Path = ROOT / "results") -> list[str]:
+    """`stems` ordered by the training seconds of their committed run tables (`<stem>_runs.csv`), longest
+    first; notebooks without one keep their order at the end. Started in this order, parallel jobs finish
+    close together instead of leaving the longest notebook running alone at the end."""
+    def seconds(stem: str) -> float:
+        path = results_dir / f"{stem}_runs.csv"
+        if not path.is_file():
+            return 0.0
+        with path.open(newline="") as f:
+            return sum(float(row.get("train_seconds") or 0) for row in csv.DictReader(f))
+
+    return sorted(stems, key=seconds, reverse=True)  # stable: ties keep notebook order
 
 
 def run_parallel(names: list[str], jobs: int, command: Callable[[str], list[str]], log_dir: Path) -> None:

@@ -234,6 +234,15 @@ def test_parallel_notebook_runs_overlap_and_log_each_output(tmp_path):
         assert (tmp_path / f"{name}.log").read_text().strip() == f"hello from {name}"
 
 
+def test_parallel_runs_start_the_longest_notebooks_first(tmp_path):
+    from mbkit.reproduce import longest_first
+    for stem, seconds in {"03_short": [1.5, 2.0], "04_long": [10.0, 0.5], "05_mid": [4.0]}.items():
+        rows = "".join(f"m,{s}\n" for s in seconds)
+        (tmp_path / f"{stem}_runs.csv").write_text("method,train_seconds\n" + rows)
+    stems = ["01_none", "02_none", "03_short", "04_long", "05_mid"]
+    assert longest_first(stems, tmp_path) == ["04_long", "05_mid", "03_short", "01_none", "02_none"]
+
+
 def test_a_command_that_cannot_start_stops_the_others_and_closes_every_log(tmp_path, monkeypatch):
     from mbkit import reproduce
     opened = []
