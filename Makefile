@@ -7,7 +7,9 @@ BIN    := $(VENV)/bin
 PARAMS ?= notebooks/params/default.yaml
 JOBS   ?= 2
 EXECUTED  := build/executed
-PYTEST    := $(BIN)/python -m pytest -p no:cacheprovider --nbval --nbval-current-env
+# --durations: each pass ends with its slowest items (notebook cells, the browser and Ray tests), so a slower
+# `make test` shows where its time went.
+PYTEST    := $(BIN)/python -m pytest -p no:cacheprovider --nbval --nbval-current-env --durations=12 --durations-min=10
 # The locked environment (README): requirements/lock.txt pins every package for Python 3.11 on Linux,
 # macOS and Windows; `make lock` regenerates it with this uv.
 LOCK      := requirements/lock.txt
