@@ -120,8 +120,8 @@ def test_balance_map_is_complete_and_its_dials_act():
     # auxiliary behaviors that follow the purchase preference teach the shared layers more than unrelated ones
     vanilla = table[table["method"] == "Vanilla"].set_index(["alignment", "volume"])["ndcg@10_mean"]
     assert vanilla.loc[(hi_a, hi_v)] > vanilla.loc[(lo_a, hi_v)]
-    # at the default dials the trained model clears the popularity floor (in the committed map by 51 %; at a
-    # quarter of the volume it does not: notebook 05 says so)
+    # at the default dials the trained model clears the popularity floor (in the committed map by 51 %; with
+    # aligned behaviors at a quarter of the volume it does not: notebook 05 says so)
     assert vanilla.loc[(hi_a, hi_v)] > worlds.loc[(hi_a, hi_v), "most popular ndcg@10"]
 
 
