@@ -35,7 +35,8 @@ def load_params(path: str | Path) -> dict[str, dict[str, Any]]:
     stems = {nb.stem for nb in notebooks()}
     unknown = set(raw) - stems - {"common"}
     if unknown:
-        raise ValueError(f"{path}: sections {sorted(unknown)} name no notebook; expected 'common' or one of {sorted(stems)}")
+        raise ValueError(f"{path}: sections {sorted(unknown)} name no notebook; "
+                         f"expected 'common' or one of {sorted(stems)}")
     return {stem: {**common, **(raw.get(stem) or {})} for stem in sorted(stems)}
 
 
