@@ -1,6 +1,6 @@
 """How hard is the built-in world? Vanilla's test NDCG@10 against the popularity floor, for the default
 generator constants and for others given on the command line (the measurement behind the difficulty
-constants of `mbkit.synthetic`; issue 9). Each run trains up to `--epochs` epochs and keeps the best
+constants of `mbkit.data.synthetic`; issue 9). Each run trains up to `--epochs` epochs and keeps the best
 validation epoch.
 
     .venv/bin/python benchmarks/calibrate_world.py --seeds 0 1 2
@@ -18,9 +18,9 @@ import time
 import numpy as np
 import pandas as pd
 
-import mbkit.synthetic as synthetic
+import mbkit.data.synthetic as synthetic
 from mbkit import data as mbd
-from mbkit.popularity import floor_row
+from mbkit.study.tables import floor_row
 from mbkit.train import TrainConfig, fit
 
 
@@ -35,7 +35,7 @@ def main() -> None:
     for item in args.set:
         name, value = item.split("=", 1)
         if not hasattr(synthetic, name):
-            raise SystemExit(f"mbkit.synthetic has no constant {name!r}")
+            raise SystemExit(f"mbkit.data.synthetic has no constant {name!r}")
         setattr(synthetic, name, float(value))
 
     t = time.perf_counter()

@@ -14,7 +14,9 @@ import pandas as pd
 from scipy import stats
 
 from mbkit import data as mbd
-from mbkit.experiments import METRICS, Method, run_grid, summarize
+from mbkit.study.grid import run_grid
+from mbkit.study.methods import Method
+from mbkit.study.tables import METRICS, summarize
 from mbkit.train import TrainConfig
 
 

@@ -14,7 +14,7 @@ import time
 import pandas as pd
 
 from mbkit import data as mbd
-from mbkit import popularity
+from mbkit.study.tables import floor_row
 from mbkit.train import TrainConfig, fit
 
 VARIANTS: dict[str, dict] = {
@@ -40,7 +40,7 @@ def main() -> None:
 
     _, log = mbd.load_filtered("synthetic")
     data = mbd.build_task_data(log, seed=0, device=args.device)
-    floor = popularity.floor_row(data)["ndcg@10_mean"].iloc[0]
+    floor = floor_row(data)["ndcg@10_mean"].iloc[0]
     print(f"popularity floor, test NDCG@10: {floor:.4f}", flush=True)
     curves, rows = {}, []
     for name, change in VARIANTS.items():

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mbkit.csr import csr_rows_mask
+from mbkit.data.csr import csr_rows_mask
 
 SPLITS: tuple[str, ...] = ("valid", "test")
 SCORE_BYTES_PER_BATCH: int = 256 * 2**20  # evaluate's default budget for one batch's (U, n_items) float32 scores

@@ -1,7 +1,8 @@
 """The popularity floor: every user gets the same ranking, items by their number of training purchases.
 
 A trained recommender that does not beat it has learned nothing personal; every comparison table shows it
-beside the trained models, on the same split, the same masking and the same metrics (`mbkit.metrics`).
+beside the trained models, on the same split, the same masking and the same metrics (`mbkit.metrics.evaluate`
+ranks it like a model; `mbkit.study.tables.floor_row` makes it a table row).
 """
 
 from __future__ import annotations
@@ -10,11 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
-
-from mbkit.metrics import evaluate
 
 LABEL = "Most popular (training purchases)"
 
@@ -39,11 +37,3 @@ def most_popular(data: Any) -> MostPopular:
     scores[order] = np.arange(data.n_items, 0, -1, dtype=np.float32)
     scores = torch.from_numpy(scores).to(data.device)
     return MostPopular(scores)
-
-
-def floor_row(data: Any, split: str = "test", label: str = LABEL) -> pd.DataFrame:
-    """The floor as one row of a `mbkit.experiments.summarize` table (std 0: it has no seed)."""
-    metrics = evaluate(most_popular(data), data, split)
-    row = {f"{k}_{stat}": (v if stat == "mean" else 0.0) for k, v in metrics.items() for stat in ("mean", "std")}
-    row["n_seeds"] = 1
-    return pd.DataFrame([row], index=pd.Index([label], name="method"))

@@ -8,7 +8,7 @@ them, then every optimizer steps. (The original MetaBalance example stepped the 
 back-propagating the shared part through them; PyTorch >= 1.5 raises on that, older versions silently used
 the updated towers. mbkit does not copy it.)
 
-Everything a run needs to continue is one `mbkit.runstate.RunState` (model, optimizers, balancer, RNG
+Everything a run needs to continue is one `mbkit.checkpoint.RunState` (model, optimizers, balancer, RNG
 streams, history, best epoch, with the configuration and the data fingerprint that identify the run);
 checkpoints are its `checkpoint()` and a resume is checked against it before anything trains.
 """
@@ -25,16 +25,16 @@ import pandas as pd
 import torch
 
 from mbkit import balancers as _balancers
-from mbkit.data import TaskData
-from mbkit.grads import GradEngine, grad_stats
+from mbkit.checkpoint import (RunState, check_resume, claim_run_dir, data_fingerprint, exhausted, improved,
+                              load_checkpoint, resume_entry)
+from mbkit.data.split import TaskData
+from mbkit.grads import MODES, GradEngine, grad_stats
 from mbkit.metrics import MASKS, evaluate, metric_keys
 from mbkit.model import ModelConfig, SharedBottomNeuMF
 from mbkit.optim import make_optimizers
-from mbkit.progress import check_progress, progress_bar
-from mbkit.record import write_json
-from mbkit.runstate import (RunState, check_resume, claim_run_dir, data_fingerprint, load_checkpoint,
-                            resume_entry)
-from mbkit.utils import make_generator, resolve_device, seed_everything
+from mbkit.provenance import write_json
+from mbkit.utils import (atomic_write, check_progress, make_generator, progress_bar, resolve_device,
+                         seed_everything, setting)
 
 
 METRIC_KEYS: tuple[str, ...] = tuple(metric_keys((10, 20)))
@@ -44,40 +44,51 @@ class NonFiniteLossError(RuntimeError):
     """A task's loss became NaN or infinite; the message names the step and the task."""
 
 
+def _progress(text: str) -> bool | str:
+    return False if text == "off" else text
+
+
 @dataclass
 class TrainConfig:
-    balancer: str = "vanilla"                 # a name from mbkit.balancers (e.g. "metabalance")
-    balancer_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {"relax_factor": 0.7}
-    epochs: int = 20                          # the study trains 20 epochs
-    batch_size: int = 256                     # the original's batch size
-    lr: float = 1e-3                          # Adam learning rate (the original's)
-    weight_decay: float = 1e-7                # the original's; not applied to tables in compact mode
-    num_neg: int = 4                          # negatives per positive, redrawn every epoch
-    seed: int = 0                             # seeds init, dropout, negatives, shuffling and PCGrad's order
-    mode: str = "compact"                     # "compact": sparse embedding rows; "dense": original semantics
-    device: str = "auto"                      # "auto" = CUDA when available, else CPU
-    select_metric: str = "ndcg@10"            # validation metric that picks the best epoch
-    patience: int | None = None               # stop after this many epochs without improvement (None: off)
-    diagnostics_every: int = 0                # sample gradient diagnostics every N steps (0: off)
-    amp: bool = False                         # bf16 autocast for the forward pass (CUDA only)
-    nan_check_every: int = 0                  # steps between finiteness checks; 0: every step on CPU (a bad step is
-                                              # never applied), 50 on CUDA (avoids a sync per step; up to 49 bad
-                                              # steps may be applied before the run stops)
-    eval_batch_users: int | None = None       # users per ranking batch (None: chosen from the item count)
-    test_mask: str = "train"                  # test ranking masks training items ("train", the study's protocol)
-                                              # or training and validation items ("train+valid")
-    progress: bool | str = True               # epoch bar: True/"auto" (widget in JupyterLab), "text", False
-    emb_dim: int = 64                         # model sizes (NeuMF defaults of the study)
-    mlp_layers: tuple[int, ...] = (32, 16, 8)
-    tower_layers: tuple[int, ...] = (64, 32)
-    dropout: float = 0.5
+    """Everything that decides how one run trains; `dataclasses.asdict` of it identifies the run."""
+
+    balancer: str = setting("vanilla", "a name from mbkit.balancers, or several joined by '+' (e.g. "
+                            "metabalance+pcgrad_adjusted)")
+    balancer_kwargs: dict[str, Any] = setting(
+        help="an argument of the balancer, e.g. relax_factor=0.7 for metabalance or c=0.5 for cagrad (VALUE is read "
+             "as a Python literal; repeat for several)", factory=dict, flag="--balancer-arg")
+    epochs: int = setting(20, "training epochs at most (the study trains 20)")
+    batch_size: int = setting(256, "samples per step (the original's batch size)")
+    lr: float = setting(1e-3, "Adam learning rate (the original's)")
+    weight_decay: float = setting(1e-7, "Adam weight decay (the original's); compact mode leaves the tables out")
+    num_neg: int = setting(4, "sampled negatives per positive, redrawn every epoch")
+    seed: int = setting(0, "seeds the initialisation, dropout, negatives, shuffling and PCGrad's task order")
+    mode: str = setting("compact", "compact: the batch's embedding rows, SparseAdam's update; dense: the original's "
+                        "dense Adam over whole tables", choices=MODES)
+    device: str = setting("auto", "auto (CUDA when visible, else CPU), cpu, cuda or cuda:N")
+    select_metric: str = setting("ndcg@10", "the validation metric that picks the best epoch", choices=METRIC_KEYS)
+    patience: int | None = setting(None, "stop after this many epochs without a better validation metric "
+                                   "(none: train every epoch, keep the best)")
+    diagnostics_every: int = setting(0, "sample per-task gradient diagnostics every N steps (0: off)")
+    amp: bool = setting(False, "bf16 autocast for the forward pass (CUDA only)")
+    nan_check_every: int = setting(0, "steps between finiteness checks of the losses; 0: every step on CPU (a bad "
+                                   "step is never applied), 50 on CUDA (up to 49 bad steps may be applied)")
+    eval_batch_users: int | None = setting(None, "users per ranking batch (none: chosen from the item count)")
+    test_mask: str = setting("train", "test ranking masks training items (train, the study's protocol) or training "
+                             "and validation items (train+valid)", choices=MASKS)
+    progress: bool | str = setting(True, "epoch bar: auto (a widget in JupyterLab, text elsewhere), text, or off",
+                                   choices=("auto", "text", "off"), parse=_progress)
+    emb_dim: int = setting(64, "size of each of NeuMF's four embeddings (the study's)")
+    mlp_layers: tuple[int, ...] = setting((32, 16, 8), "widths of NeuMF's MLP branch (the study's)")
+    tower_layers: tuple[int, ...] = setting((64, 32), "hidden widths of each task's tower (the study's)")
+    dropout: float = setting(0.5, "dropout probability in the MLP branch and the towers (the study's)")
 
     def __post_init__(self) -> None:
         if self.select_metric not in METRIC_KEYS:
             raise ValueError(f"select_metric={self.select_metric!r}; use one of {METRIC_KEYS}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience={self.patience} must be >= 1 (or None to train every epoch)")
-        if self.mode not in ("compact", "dense"):
+        if self.mode not in MODES:
             raise ValueError(f"mode must be 'compact' or 'dense', got {self.mode!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
@@ -93,6 +104,12 @@ class TrainConfig:
         if self.test_mask not in MASKS:
             raise ValueError(f"test_mask={self.test_mask!r}; use 'train' (the study's protocol) or 'train+valid'")
         check_progress(self.progress)
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError) as e:
+                raise ValueError(f"device={self.device!r} is not a device ({str(e).splitlines()[0]}); use auto, cpu, "
+                                 "cuda or cuda:N") from None
         if not isinstance(self.balancer_kwargs, dict):
             raise ValueError(f"balancer_kwargs must be a dict, got {type(self.balancer_kwargs).__name__}")
         _balancers.make(self.balancer, **self.balancer_kwargs)  # unknown names and bad arguments fail here
@@ -132,17 +149,11 @@ class FitResult:
         """
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        _write_text(out / "history.csv", self.history.to_csv(index=False))
+        atomic_write(out / "history.csv", self.history.to_csv(index=False))
         if self.diagnostics is not None:
-            _write_text(out / "diagnostics.csv", self.diagnostics.to_csv(index=False))
+            atomic_write(out / "diagnostics.csv", self.diagnostics.to_csv(index=False))
         write_json(out / "metrics.json", self.summary(), device=self.device)
         return out
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def build_model(data: TaskData, config: TrainConfig, device: torch.device) -> SharedBottomNeuMF:
@@ -150,6 +161,18 @@ def build_model(data: TaskData, config: TrainConfig, device: torch.device) -> Sh
                       emb_dim=config.emb_dim, mlp_layers=config.mlp_layers,
                       tower_layers=config.tower_layers, dropout=config.dropout)
     return SharedBottomNeuMF(cfg).to(device)
+
+
+def new_run(data: TaskData, config: TrainConfig, device: torch.device,
+            fingerprint: dict[str, Any] | None = None) -> tuple[RunState, GradEngine]:
+    """A fresh run of `config` on `data` (seeded model, optimizers, balancer, sampler) and its gradient engine:
+    the one set-up that `fit` trains and that `mbkit.study.cost.step_times` times."""
+    seed_everything(config.seed)
+    model = build_model(data, config, device)
+    run = RunState(config=dataclasses.asdict(config), fingerprint=fingerprint or {}, model=model,
+                   optimizers=make_optimizers(model, config.mode, lr=config.lr, weight_decay=config.weight_decay),
+                   balancer=make_balancer(config), sampler=make_generator(config.seed, device))
+    return run, GradEngine(model, mode=config.mode)
 
 
 def _check_finite(pending: list[torch.Tensor], first_step: int, epoch: int, tasks: tuple[str, ...]) -> None:
@@ -301,21 +324,17 @@ def fit(data: TaskData, config: TrainConfig | None = None, *, checkpoint_dir: st
     fingerprint = data_fingerprint(data)
     changed = check_resume(ckpt, cfg, fingerprint, resume) if ckpt is not None else {}
 
-    seed_everything(config.seed)
-    model = build_model(data, config, device)
-    run = RunState(config=cfg, fingerprint=fingerprint, model=model,
-                   optimizers=make_optimizers(model, config.mode, lr=config.lr, weight_decay=config.weight_decay),
-                   balancer=make_balancer(config), sampler=make_generator(config.seed, device))
+    run, engine = new_run(data, config, device, fingerprint)
+    model = run.model
     if ckpt is not None:
         run.restore(ckpt, resume)
         run.resumes.append(resume_entry(ckpt, changed, resume))
-    engine = GradEngine(model, mode=config.mode)
     names = list(model.shared_parameters())
     amp = config.amp and device.type == "cuda"
     guard = _FiniteGuard(config.nan_check_every or (1 if device.type == "cpu" else 50), data.tasks, checkpoint_dir)
 
     start_epoch = run.epoch + 1
-    if config.patience is not None and run.best["stale"] >= config.patience:
+    if exhausted(run.best["stale"], config.patience):
         start_epoch = config.epochs + 1  # the checkpointed run had already stopped early
     bar = progress_bar(config.progress, desc=str(run.balancer), initial=start_epoch - 1, total=config.epochs,
                        unit="epoch")
@@ -343,7 +362,7 @@ def fit(data: TaskData, config: TrainConfig | None = None, *, checkpoint_dir: st
             run.history.append(row)
             run.epoch = epoch
             score = valid[config.select_metric]
-            if score > run.best["score"]:
+            if improved(score, run.best["score"]):
                 weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 run.best = {"epoch": epoch, "score": score, "valid": valid, "weights": weights, "stale": 0}
             else:
@@ -354,7 +373,7 @@ def fit(data: TaskData, config: TrainConfig | None = None, *, checkpoint_dir: st
                 bar.update(1)
             if on_epoch is not None:
                 on_epoch(epoch, config.epochs)
-            if config.patience is not None and run.best["stale"] >= config.patience:
+            if exhausted(run.best["stale"], config.patience):
                 break
     finally:
         if bar is not None:

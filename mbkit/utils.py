@@ -1,8 +1,13 @@
-"""Small shared helpers: device choice and seeding."""
+"""Small shared helpers: device choice, seeding, atomic writes and progress bars."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import random
+import sys
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -32,3 +37,56 @@ def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Gener
     g = torch.Generator(device=resolve_device(device))
     g.manual_seed(seed)
     return g
+
+
+def atomic_write(path: str | os.PathLike, content: str | bytes | Callable[[Path], Any]) -> Path:
+    """Write `content` (text, bytes, or a function that writes the file it is given) to `path` atomically.
+
+    Everything goes to a temporary file in the same folder, which then replaces `path` in one rename: an
+    interrupted write leaves the previous file or the new one, never a truncated one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    if isinstance(content, str):
+        tmp.write_text(content)
+    elif isinstance(content, bytes):
+        tmp.write_bytes(content)
+    else:
+        content(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+# Progress bars go to stderr or to a notebook widget, never to stdout (whose text nbval compares).
+# True or "auto": tqdm.auto (a widget bar in JupyterLab when ipywidgets is installed, else a text bar);
+# "text": always a plain text bar on stderr (papermill, logs); False: none.
+PROGRESS_CHOICES = (True, False, "auto", "text")
+
+
+def check_progress(progress: Any) -> None:
+    if not any(progress is c or (isinstance(c, str) and progress == c) for c in PROGRESS_CHOICES):
+        raise ValueError(f"progress={progress!r}; use True or 'auto' (widget in JupyterLab, text elsewhere), "
+                         "'text' (text bar on stderr) or False")
+
+
+def progress_bar(progress: bool | str, **kwargs: Any) -> Any:
+    """A tqdm bar for `progress` (see `PROGRESS_CHOICES`), or None when it is off."""
+    check_progress(progress)
+    if progress is False:
+        return None
+    if progress == "text":
+        from tqdm.std import tqdm
+        return tqdm(file=sys.stderr, **kwargs)
+    from tqdm.auto import tqdm
+    return tqdm(**kwargs)
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Callable[[], Any] | None = None,
+            **cli: Any) -> Any:
+    """A configuration field with its help text: the one definition that the command line's flags are
+    generated from (`mbkit.cli`). `cli` may give `choices`, `flag` (the flag's name) and `parse` (str -> value)."""
+    metadata = {"help": help, **cli}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)

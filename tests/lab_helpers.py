@@ -66,7 +66,7 @@ def chosen_parameters(spec: str | None) -> dict[str, dict[str, Any]] | dict[str,
     path = Path(spec)
     if not path.is_absolute():
         path = ROOT / path
-    from mbkit.reproduce import load_params
+    from mbkit.study.reproduce import load_params
 
     return {"__per_notebook__": load_params(path)}
 
@@ -96,7 +96,7 @@ class SmokeNotebook:
     n_cells: int
     code_cells: list[int]           # indices (in the smoke copy) of the code cells
     figure_cells: list[int]         # indices of the code cells whose committed outputs hold an image
-    runs_grid: bool                 # a cell calls mbkit.experiments.run_grid (or balance_map.run_map, which calls it)
+    runs_grid: bool                 # a cell calls mbkit.study.grid.run_grid (or balance_map.run_map, which calls it)
     grid_progress: bool             # ... and does not turn its progress bar off (see grid_shows_progress)
     broken: bool = False            # a raising cell was injected (MBKIT_LAB_BREAK)
     source: Path = field(default=Path())

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from mbkit.balance_map import World, cell_name, map_methods, paired_change, reading, run_map, world_summary
+from mbkit.study.balance_map import World, cell_name, paired_change, reading, run_map, world_summary
+from mbkit.study.methods import map_methods
 from mbkit.train import TrainConfig
 
 TINY = dict(n_users=3000, n_items=1500, min_user_items=5, min_item_users=5)
@@ -80,7 +81,7 @@ def test_run_map_trains_every_cell_and_reuses_records(tmp_path):
 
 
 def test_the_map_draws_with_one_seed_and_with_several():
-    from mbkit import plots
+    from mbkit.study import plots
 
     one = paired_change(pd.concat([_runs({"Vanilla": [0.1], "MB": [0.12]}, (a, v)) for a in (0.0, 1.0)
                                    for v in (0.25, 1.0)]))

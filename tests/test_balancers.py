@@ -1,10 +1,10 @@
-"""Tests of mbkit.balancers: golden numbers of the original MetaBalance, hand-computed values,
-independent reference implementations, and properties shared by every registry method."""
+"""Tests of MetaBalance, PCGrad and their chains: golden numbers of the original MetaBalance, hand-computed
+values, independent reference implementations, the registry. (Properties that every method shares are in
+test_balancer_properties.py.)"""
 
 from __future__ import annotations
 
 import doctest
-import io
 import json
 import math
 from pathlib import Path
@@ -26,33 +26,11 @@ from mbkit.balancers import (
     make,
 )
 
+from helpers import random_grads
+
 GOLDEN = json.loads((Path(__file__).parent / "fixtures" / "metabalance_original.json").read_text())
 NAMES = list(GOLDEN["shapes"])  # W, b, E: the order of the shared tensors
 SHAPES = {p: tuple(s) for p, s in GOLDEN["shapes"].items()}
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-# Every registry method, plus non-default settings that take other code paths.
-CONFIGS = [(m, {}) for m in METHODS] + [
-    ("metabalance", {"strategy": "reduce"}),
-    ("metabalance", {"strategy": "enlarge", "relax_factor": 1.0}),
-    ("pcgrad_adjusted", {"granularity": "flat"}),
-    ("pcgrad", {"granularity": "tensor", "reduction": "mean"}),
-    ("metabalance+pcgrad", {"relax_factor": 0.5, "reduction": "mean", "granularity": "tensor"}),
-]
-CONFIG_IDS = [m + "".join(f"-{k}={v}" for k, v in kw.items()) for m, kw in CONFIGS]
-
-
-def random_grads(k: int = 4, seed: int = 0, dtype=torch.float32, device="cpu") -> list[torch.Tensor]:
-    """Per-task gradients of three shared tensors with very different magnitudes per task (many conflicts)."""
-    g = torch.Generator().manual_seed(seed)
-    scales = torch.tensor([1.0, 10.0, 0.1, 3.0][:k] + [1.0] * max(0, k - 4))
-    out = []
-    for shape in [(3, 4), (5,), (6, 2)]:
-        x = torch.randn((k,) + shape, generator=g, dtype=torch.float64)
-        out.append((x * scales.view((k,) + (1,) * len(shape)).double()).to(dtype=dtype, device=device))
-    return out
-
 
 def golden_step(scenario: str, t: int) -> tuple[list[torch.Tensor], dict]:
     step = GOLDEN["scenarios"][scenario]["steps"][t]
@@ -333,28 +311,6 @@ def test_adjusted_keeps_target_and_removes_conflicts(name):
     assert n_conflicts > 0  # there were conflicts to remove
 
 
-@pytest.mark.parametrize("k", [1, 2, 4])
-@pytest.mark.parametrize("scale", [0.0, 1e-30, 1e-40])
-@pytest.mark.parametrize("name, kwargs", CONFIGS, ids=CONFIG_IDS)
-def test_finite_for_zero_and_tiny_gradients(name, kwargs, scale, k):
-    for rows in ["all", "target", "auxiliaries"]:  # which tasks get the zero/tiny scale
-        scales = torch.ones(k)
-        scales[{"all": slice(None), "target": slice(0, 1), "auxiliaries": slice(1, None)}[rows]] = scale
-        bal = make(name, **kwargs)
-        for step in range(3):
-            grads = [g * scales.view((k,) + (1,) * (g.dim() - 1)) for g in random_grads(k=k, seed=40 + step)]
-            if step == 1:
-                grads[0][0] = 0.0  # the target misses a tensor
-            if step == 2 and k > 1:
-                grads[1][k - 1] = 0.0  # an auxiliary misses a tensor
-            for out in (bal(grads), bal.reduce(bal.transform(grads))):
-                assert all(torch.isfinite(o).all() for o in out), (rows, step, out)
-                if bal.last_weights is not None:
-                    assert all(torch.isfinite(w).all() for w in bal.last_weights)
-        # a normal-scale step right after zero/tiny ones is finite too
-        assert all(torch.isfinite(o).all() for o in bal(random_grads(k=k, seed=49)))
-
-
 @pytest.mark.parametrize("granularity", ["tensor", "flat"])
 @pytest.mark.parametrize("name", ["pcgrad_adjusted", "pcgrad"])
 def test_pcgrad_projections_are_scale_invariant_down_to_tiny_scales(name, granularity):
@@ -366,87 +322,6 @@ def test_pcgrad_projections_are_scale_invariant_down_to_tiny_scales(name, granul
     for a, b in zip(small, normal):
         assert torch.equal(a, b * tiny)
     assert not all(torch.equal(a, b) for a, b in zip(normal, Vanilla()(grads)))  # it did project
-
-
-@pytest.mark.parametrize("name, kwargs", CONFIGS, ids=CONFIG_IDS)
-def test_state_round_trip(name, kwargs):
-    a = make(name, **kwargs)
-    for step in range(2):
-        a(random_grads(k=4, seed=60 + step))
-    buffer = io.BytesIO()
-    torch.save(a.state_dict(), buffer)
-    buffer.seek(0)
-    state = torch.load(buffer, weights_only=True)
-
-    other_seed = {"seed": 12345} if "seed" in accepted_kwargs(name) else {}
-    b = make(name, **{**kwargs, **other_seed})
-    fresh = make(name, **{**kwargs, **other_seed})
-    b.load_state_dict(state)
-    for step in range(2, 4):
-        grads = random_grads(k=4, seed=60 + step)
-        out_a, out_b, out_fresh = a(grads), b(grads), fresh(grads)
-        assert all(torch.equal(x, y) for x, y in zip(out_a, out_b)), step
-        if step == 2 and name != "vanilla" and name != "pcgrad_adjusted":  # stateful: the state matters
-            assert any(not torch.equal(x, y) for x, y in zip(out_a, out_fresh))
-
-
-@pytest.mark.parametrize("name, kwargs", CONFIGS, ids=CONFIG_IDS)
-def test_compact_rows_equal_dense_table(name, kwargs):
-    """An embedding table's gradient restricted to the touched rows gives the touched rows of the
-    dense result (and zeros elsewhere)."""
-    k, n_rows, n_touched, dim = 4, 50, 7, 3
-    gen = torch.Generator().manual_seed(70)
-    rows = torch.randperm(n_rows, generator=gen)[:n_touched]
-    compact_bal, dense_bal = make(name, **kwargs), make(name, **kwargs)
-    for step in range(3):
-        dense_part = random_grads(k=k, seed=70 + step)[0]
-        table_rows = torch.randn(k, n_touched, dim, generator=gen) * torch.tensor([1.0, 10.0, 0.1, 3.0]).view(k, 1, 1)
-        table_rows[2, :3] = 0.0  # a task with no gradient on some touched rows
-        table = torch.zeros(k, n_rows, dim)
-        table[:, rows] = table_rows
-        out_c = compact_bal([dense_part, table_rows])
-        out_d = dense_bal([dense_part, table])
-        # float32 sums in another order (another host's kernels); gradients reach about 30
-        torch.testing.assert_close(out_c[0], out_d[0], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(out_c[1], out_d[1][rows], rtol=1e-5, atol=1e-5)
-        untouched = torch.ones(n_rows, dtype=torch.bool)
-        untouched[rows] = False
-        assert torch.equal(out_d[1][untouched], torch.zeros(n_rows - n_touched, dim))
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name, kwargs", CONFIGS, ids=CONFIG_IDS)
-def test_shapes_dtypes_devices(name, kwargs, device, dtype):
-    bal = make(name, **kwargs)
-    for step in range(2):
-        grads = random_grads(k=4, seed=80 + step, dtype=dtype, device=device)
-        out = bal(grads)
-        assert len(out) == len(grads)
-        for o, g in zip(out, grads):
-            assert o.shape == g.shape[1:] and o.dtype == g.dtype and o.device == g.device
-            assert torch.isfinite(o).all()
-        if bal.last_weights is not None:
-            assert all(w.shape == (4,) and w.device == grads[0].device for w in bal.last_weights)
-
-
-@pytest.mark.parametrize("name, kwargs", CONFIGS, ids=CONFIG_IDS)
-def test_no_host_sync_on_tensor_values(name, kwargs):
-    """Runs on "meta" tensors, which have no values: any Python branch on a tensor value (a host
-    sync on CUDA) would raise here."""
-    bal = make(name, **kwargs)
-    grads = [torch.empty(4, 5, 3, device="meta"), torch.empty(4, 7, device="meta")]
-    for out in (bal(grads), bal.reduce(bal.transform(grads))):
-        assert [o.shape for o in out] == [(5, 3), (7,)] and all(o.device.type == "meta" for o in out)
-
-
-@pytest.mark.parametrize("name", METHODS)
-def test_single_task_is_the_target_gradient(name):
-    bal = make(name)
-    for step in range(2):
-        grads = random_grads(k=1, seed=90 + step)
-        for o, g in zip(bal(grads), grads):
-            assert torch.equal(o, g[0])
 
 
 # --------------------------------------------------------------------------- PCGrad randomness

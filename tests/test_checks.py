@@ -1,4 +1,4 @@
-"""The reproduction checks of the notebooks (`mbkit.checks`): the tolerance rule, the parameter match,
+"""The reproduction checks of the notebooks (`mbkit.study.checks`): the tolerance rule, the parameter match,
 the scratch folder for explored parameters, and a deliberate regression that the checks must catch."""
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from mbkit import checks
 from mbkit import data as mbd
 from mbkit.balancers.metabalance import MetaBalance
-from mbkit.experiments import median_diagnostics, select_relax_factor
-from mbkit.record import output_dirs
+from mbkit.study import checks, notebook
+from mbkit.study.notebook import output_dirs
+from mbkit.study.stats import select_relax_factor
+from mbkit.study.tables import median_diagnostics
 from mbkit.train import TrainConfig, fit
 
 
@@ -72,7 +73,7 @@ def test_only_records_with_the_same_parameters_are_compared(monkeypatch):
 
 def test_explored_parameters_write_to_a_scratch_folder(monkeypatch, tmp_path, capsys):
     monkeypatch.delenv("MBKIT_OUTPUT_ROOT", raising=False)
-    monkeypatch.setattr(checks, "committed_record", lambda name: {"params": {"epochs": 2}})
+    monkeypatch.setattr(notebook, "committed_record", lambda name: {"params": {"epochs": 2}})
     monkeypatch.chdir(tmp_path)
     same = output_dirs("../figures", "../results", notebook="03_relax_factor", params={"epochs": 2})
     assert [str(p) for p in same] == ["../figures", "../results"]
@@ -133,8 +134,8 @@ def test_notebook_02_check_catches_metabalance_scaling_the_wrong_way(monkeypatch
     """
     committed = checks.committed_record("02_gradient_imbalance")
     p = committed["params"]
-    _, log = mbd.load_filtered(p["data"], target=p["target"], mode=p["filter_mode"])
-    data = mbd.build_task_data(log, target=p["target"], seed=p["split_seed"], device="cpu")
+    _, data = mbd.DataConfig(data=p["data"], target=p["target"], filter_mode=p["filter_mode"],
+                             split_seed=p["split_seed"]).load(device="cpu")
     config = TrainConfig(epochs=p["epochs"], batch_size=p["batch_size"], mode=p["mode"], device="cpu",
                          seed=p["seed"], balancer="metabalance", balancer_kwargs={"relax_factor": p["relax_factor"]},
                          diagnostics_every=p["diagnostics_every"], progress=False)
@@ -151,8 +152,8 @@ def test_default_params_file_equals_the_notebooks_own_defaults():
     # nbval runs the committed notebooks with their parameters cell; `make reproduce` with default.yaml.
     # Both must describe the same run, or the notebooks' checks would say "not compared".
     papermill = pytest.importorskip("papermill")
-    from mbkit.reproduce import load_params, notebooks
-    from mbkit.record import ROOT
+    from mbkit.provenance import ROOT
+    from mbkit.study.reproduce import load_params, notebooks
 
     params = load_params(ROOT / "notebooks" / "params" / "default.yaml")
     for nb in notebooks():

@@ -11,11 +11,13 @@ import zipfile
 import pytest
 import torch
 
-import mbkit.data
-from mbkit.__main__ import _message, main
+import mbkit.data.load
+from mbkit.cli import _message, main
 
-TRAIN = ["train", "--data", "synthetic", "--epochs", "1", "--device", "cpu", "--no-progress", "--batch-size", "4096",
-         "--balancer", "metabalance", "--relax-factor", "0.7"]
+# The tests' small world (tests/helpers.py), one epoch.
+SMALL = ["--synthetic-size", "3000", "1000", "--min-user-items", "5", "--min-item-users", "5", "--batch-size", "512",
+         "--device", "cpu", "--progress", "off"]
+TRAIN = ["train", *SMALL, "--epochs", "1", "--balancer", "metabalance", "--relax-factor", "0.7"]
 
 
 def _run(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -36,7 +38,7 @@ def no_data_read(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the log was read before the arguments were checked")
 
-    monkeypatch.setattr(mbkit.data, "load_filtered", refuse)
+    monkeypatch.setattr(mbkit.data.load, "load_filtered", refuse)
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +61,13 @@ def _bad_resume_files(tmp_path):
     (["--num-neg", "-1"], "num_neg=-1 must be >= 0"),
     (["--relax-factor", "1.5"], "relax_factor"),
     (["--patience", "0"], "patience=0 must be >= 1"),
-    (["--device", "tpu9"], "--device 'tpu9' is not a device"),
-    (["--min-user-items", "-2"], "--min-user-items -2 must be >= 0"),
-    (["--split-seed", "-1"], "--split-seed -1 must be >= 0"),
-    (["--target", "click"], "--target 'click' is not a behavior"),
+    (["--device", "tpu9"], "device='tpu9' is not a device"),
+    (["--min-user-items", "-2"], "min_user_items=-2 must be a non-negative integer"),
+    (["--split-seed", "-1"], "split_seed=-1 must be a non-negative integer"),
+    (["--target", "click"], "argument --target: invalid choice: 'click'"),
+    (["--epochs", "many"], "argument --epochs: invalid int value: 'many'"),
+    (["--synthetic-size", "3000"], "argument --synthetic-size: expected 2 arguments"),
+    (["--data", "{tmp}/log.csv", "--synthetic-size", "30", "10"], "synthetic_size=(30, 10) sizes the built-in world"),
     (["--data", "/nonexistent/UserBehavior.csv"], "no such file"),
     (["--data", "{tmp}"], "is a folder; pass the UserBehavior.csv file inside it"),
     (["--out", "{tmp}/file.txt"], "file.txt is a file, not a folder"),
@@ -79,6 +84,7 @@ def test_train_errors_are_one_line_and_precede_reading_the_log(tmp_path, capsys,
     (tmp_path / "file.txt").write_text("x")
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.json").write_text("{}")
+    (tmp_path / "log.csv").write_text("1,2268318,2520377,pv,1511544070\n")
     code, out, err = _run([*TRAIN, "--out", str(tmp_path / "out"), *[a.format(tmp=tmp_path) for a in extra]],
                           capsys)
     assert code == 2 and out == ""
@@ -113,7 +119,7 @@ def test_resume_with_more_epochs_continues_in_the_checkpoint_folder(trained, tmp
     import shutil
 
     run = shutil.copytree(trained, tmp_path / "mb")  # the module's run stays as other tests expect it
-    code, out, _ = _run([*TRAIN[:4], "2", *TRAIN[5:], "--resume", str(run / "last.pt")], capsys)
+    code, out, _ = _run([*TRAIN, "--epochs", "2", "--resume", str(run / "last.pt")], capsys)
     assert code == 0 and json.loads(out.splitlines()[-1])["out"] == str(run)
     record = json.loads((run / "metrics.json").read_text())
     assert record["config"]["epochs"] == 2 and [r["from_epoch"] for r in record["resumes"]] == [1]
@@ -134,7 +140,7 @@ def test_data_command_errors(tmp_path, capsys):
     assert code == 2 and "not a readable zip archive" in err
     _one_line(err)
     code, _, err = _run(["data", "--min-item-users", "-1"], capsys)
-    assert code == 2 and "--min-item-users -1 must be >= 0" in err
+    assert code == 2 and "min_item_users=-1 must be a non-negative integer" in err
 
 
 def test_messages_name_the_problem_not_a_key_or_an_errno():
@@ -145,9 +151,12 @@ def test_messages_name_the_problem_not_a_key_or_an_errno():
 
 
 def test_balancer_args_reach_the_balancer_and_bad_ones_fail_first(tmp_path, capsys, no_data_read):
-    from mbkit.__main__ import _balancer_args
+    from mbkit.cli import _parser, settings
+    from mbkit.train import TrainConfig
 
-    assert _balancer_args(["c=0.5", "granularity=flat", "seed=3"]) == {"c": 0.5, "granularity": "flat", "seed": 3}
+    args = _parser().parse_args(["train", "--balancer", "cagrad", "--balancer-arg", "c=0.5", "--balancer-arg",
+                                 "granularity=flat", "--balancer-arg", "rescale=False"])
+    assert settings(args, TrainConfig).balancer_kwargs == {"c": 0.5, "granularity": "flat", "rescale": False}
     code, _, err = _run(["train", "--balancer", "cagrad", "--balancer-arg", "c", "--out", str(tmp_path / "r")], capsys)
     assert code == 2 and "expected NAME=VALUE" in err
     _one_line(err)
@@ -159,8 +168,8 @@ def test_balancer_args_reach_the_balancer_and_bad_ones_fail_first(tmp_path, caps
 
 @pytest.mark.parametrize("extra, needle", [
     ([], "the grid command keeps one record per run: pass --runs-dir, or set runs_dir in the 03_relax_factor section"),
-    (["--params", "notebooks/params/paper.yaml"], "data '../data/UserBehavior.csv' (relative to notebooks/): no such "
-                                                  "file; put the log there"),
+    (["--params", "notebooks/params/paper.yaml"], "data '../data/UserBehavior.csv': no such file; pass the path of "
+                                                  "UserBehavior.csv"),
     (["--runs-dir", "RUNS", "--executor", "ray"], "executor='ray' needs Ray, which is not installed here: pip install "
                                                   "'mbkit[ray]'"),
 ])
@@ -184,7 +193,45 @@ def test_grid_of_notebook_06_reads_the_world_at_the_notebooks_size(tmp_path, cap
         seen.update(kw, source=source)
         raise ValueError("stop after the data call")
 
-    monkeypatch.setattr(mbkit.data, "load_filtered", load_filtered)
+    monkeypatch.setattr(mbkit.data.load, "load_filtered", load_filtered)
     code, _, err = _run(["grid", "06_all_methods", "--runs-dir", str(tmp_path / "runs")], capsys)
     assert code == 2 and "stop after the data call" in err
     assert seen["source"] == "synthetic" and seen["synthetic_size"] == (15_000, 5_000)
+
+
+def test_train_writes_its_outputs(trained, capsys):
+    assert (trained / "history.csv").exists() and (trained / "last.pt").exists()
+    record = json.loads((trained / "metrics.json").read_text())
+    assert record["config"]["balancer_kwargs"] == {"relax_factor": 0.7} and record["config"]["epochs"] == 1
+    assert record["data"]["filter"]["min_user_items"] == 5 and record["data"]["source"] == "synthetic"
+    assert {"torch", "git_commit", "device"} <= set(record["provenance"])
+
+
+def test_every_setting_of_the_configurations_is_a_flag_with_its_default(capsys):
+    """The flags are generated from DataConfig, TrainConfig and Executor: a new setting is a new flag."""
+    import dataclasses
+
+    from mbkit.data import DataConfig
+    from mbkit.study.grid import Executor
+    from mbkit.train import TrainConfig
+
+    for command, configs in (("train", (DataConfig, TrainConfig)), ("data", (DataConfig,)), ("grid", (Executor,))):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        for cls in configs:
+            for f in dataclasses.fields(cls):
+                flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+                assert flag in text, (command, flag)
+    parsed = {}
+    import mbkit.cli as cli
+
+    parser = cli._parser()
+    args = parser.parse_args(["train", "--patience", "none", "--mlp-layers", "16", "8", "--no-amp", "--progress", "text"])
+    config = cli.settings(args, TrainConfig)
+    defaults = TrainConfig()
+    assert config.patience is None and config.mlp_layers == (16, 8) and config.progress == "text"
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in ("patience", "mlp_layers", "progress"):
+            parsed[f.name] = getattr(config, f.name) == getattr(defaults, f.name)
+    assert all(parsed.values()), [k for k, same in parsed.items() if not same]

@@ -1,19 +1,21 @@
-"""mbkit.cost: step times in turns. (No timing is asserted: only what the measurement must be.)"""
+"""mbkit.study.cost: step times in turns. (No timing is asserted: only what the measurement must be.)"""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
 
-from mbkit import cost
-from mbkit.experiments import Method
-from mbkit.train import TrainConfig
+from helpers import TINY
+from mbkit.study import cost
+from mbkit.study.methods import Method
+from mbkit.train import TrainConfig, fit, new_run, train_step
 
 
 @pytest.fixture(scope="module")
-def data():
-    from mbkit.balance_map import World
-    return World(n_users=3000, n_items=1500, min_user_items=5, min_item_users=5).task_data(1.0, 1.0, device="cpu")
+def data(task_data):
+    return task_data
 
 
 METHODS = [Method("Vanilla", "vanilla"), Method("MB", "metabalance", {"relax_factor": 0.7}),
@@ -29,7 +31,7 @@ def test_every_method_is_timed_in_turns_from_its_own_steps(data, monkeypatch):
         return real(run, engine, users, items, labels, **kw)
 
     monkeypatch.setattr(cost, "train_step", spy)
-    out = cost.step_times(data, METHODS, TrainConfig(progress=False), steps=4, warmup=1)
+    out = cost.step_times(data, METHODS, TINY, steps=4, warmup=1)
     assert list(out.index) == ["Vanilla", "MB", "Uncertainty"]
     assert out.loc["Vanilla", "time per step / Vanilla"] == 1.0 and (out["ms_per_step"] > 0).all()
     assert ((out["ms_per_step"] <= out["median"]) & (out["median"] <= out["q75"])).all()
@@ -43,25 +45,15 @@ def test_every_method_is_timed_in_turns_from_its_own_steps(data, monkeypatch):
 
 
 def test_steps_train_the_model_as_fit_does(data):
-    """The timed step is the training step: after n steps from the same seed, the model equals fit's after the
-    same steps (one epoch here)."""
-    from mbkit.grads import GradEngine
-    from mbkit.optim import make_optimizers
-    from mbkit.runstate import RunState
-    from mbkit.train import build_model, fit, make_balancer, train_step
-    from mbkit.utils import make_generator, seed_everything
-    import dataclasses
-    cfg = TrainConfig(balancer="metabalance", balancer_kwargs={"relax_factor": 0.7}, epochs=1, progress=False)
+    """The timed step is the training step on the run that fit builds (`new_run`): after the same steps from
+    the same seed, the model equals fit's (one epoch here)."""
+    cfg = dataclasses.replace(TINY, balancer="metabalance", balancer_kwargs={"relax_factor": 0.7}, epochs=1)
     trained = fit(data, cfg).model
-    seed_everything(cfg.seed)
-    model = build_model(data, cfg, torch.device("cpu")).train()
-    run = RunState(config=dataclasses.asdict(cfg), fingerprint={}, model=model,
-                   optimizers=make_optimizers(model, cfg.mode, lr=cfg.lr, weight_decay=cfg.weight_decay),
-                   balancer=make_balancer(cfg), sampler=make_generator(cfg.seed, torch.device("cpu")))
-    engine = GradEngine(model, mode=cfg.mode)
+    run, engine = new_run(data, cfg, torch.device("cpu"))
+    run.model.train()
     for users, items, labels in data.batches(cfg.batch_size, run.sampler, num_neg=cfg.num_neg):
         train_step(run, engine, users, items, labels)
-    for (name, a), b in zip(trained.state_dict().items(), model.state_dict().values()):
+    for (name, a), b in zip(trained.state_dict().items(), run.model.state_dict().values()):
         assert torch.equal(a, b), name
 
 

@@ -14,11 +14,9 @@ from mbkit.data import (BEHAVIORS, COLUMNS, DEFAULT_FILTER_MODE, STATS_COLUMNS, 
                         check_no_leakage, filter_log, load_filtered, log_stats, raw_behavior_counts,
                         read_userbehavior, sample_summary, synthesize, table1_comparison, table1_ratios, thesis_stats,
                         write_userbehavior, LeakageError)
+from helpers import DEVICES, FILTER, WORLD
+from mbkit.data.schema import THESIS_TABLES
 from mbkit.utils import make_generator
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-SMALL = dict(n_users=2000, n_items=1000)  # ~70 k rows, 0.2 s
-LOW = dict(min_user_items=3, min_item_users=3)  # thresholds that leave ~140 users of SMALL
 
 # Rows exactly as in the published UserBehavior.csv (first lines of the Tianchi file).
 PUBLISHED_ROWS = """\
@@ -53,13 +51,8 @@ def _csr_pairs(csr) -> set[tuple[int, int]]:
 
 
 @pytest.fixture(scope="module")
-def small_log() -> pd.DataFrame:
-    return synthesize(**SMALL, seed=0)
-
-
-@pytest.fixture(scope="module")
-def small_filtered(small_log) -> pd.DataFrame:
-    return filter_log(small_log, **LOW)
+def small_filtered(filtered) -> pd.DataFrame:
+    return filtered
 
 
 @pytest.fixture(scope="module", params=DEVICES)
@@ -82,8 +75,8 @@ def test_synthesize_schema_and_window(small_log):
 
 
 def test_synthesize_is_seeded(small_log):
-    pd.testing.assert_frame_equal(synthesize(**SMALL, seed=0), small_log)
-    assert not synthesize(**SMALL, seed=1).equals(small_log)
+    pd.testing.assert_frame_equal(synthesize(**WORLD), small_log)
+    assert not synthesize(**{**WORLD, "seed": WORLD["seed"] + 1}).equals(small_log)
 
 
 def test_synthesize_proportions_resemble_real_log(small_log):
@@ -131,7 +124,7 @@ def test_published_row_format_parses(tmp_path):
 @pytest.mark.parametrize("suffix", [".csv", ".csv.gz", ".zip"])
 def test_roundtrip_synthesize_write_read(tmp_path, small_log, suffix):
     path = tmp_path / f"UserBehavior{suffix}"
-    synthesize(**SMALL, seed=0, path=path)
+    synthesize(**WORLD, path=path)
     pd.testing.assert_frame_equal(read_userbehavior(path), small_log)
 
 
@@ -246,7 +239,8 @@ def test_default_filter_is_the_single_pass_not_the_kcore():
 
 def test_filter_once_thresholds_hold_on_the_input(small_log, small_filtered):
     per_user, per_item = _distinct_counts(small_log)
-    users, items = set(per_user[per_user >= 3].index), set(per_item[per_item >= 3].index)
+    users = set(per_user[per_user >= FILTER["min_user_items"]].index)
+    items = set(per_item[per_item >= FILTER["min_item_users"]].index)
     assert set(small_filtered["user_id"]) <= users and set(small_filtered["item_id"]) <= items
     # exactly the rows of surviving users x items, every behavior kept
     expected = small_log[small_log["user_id"].isin(users) & small_log["item_id"].isin(items)]
@@ -255,12 +249,12 @@ def test_filter_once_thresholds_hold_on_the_input(small_log, small_filtered):
 
 
 def test_filter_kcore_thresholds_hold_exactly(small_log):
-    core = filter_log(small_log, mode="kcore", **LOW)
+    core = filter_log(small_log, mode="kcore", **FILTER)
     per_user, per_item = _distinct_counts(core)
-    assert per_user.min() >= 3 and per_item.min() >= 3
+    assert per_user.min() >= FILTER["min_user_items"] and per_item.min() >= FILTER["min_item_users"]
     assert set(core["user_id"]) == set(per_user.index) and set(core["item_id"]) == set(per_item.index)
-    pd.testing.assert_frame_equal(filter_log(core, mode="kcore", **LOW), core)  # a fixed point
-    once = filter_log(small_log, mode="once", **LOW)
+    pd.testing.assert_frame_equal(filter_log(core, mode="kcore", **FILTER), core)  # a fixed point
+    once = filter_log(small_log, mode="once", **FILTER)
     assert len(core) < len(once) and _distinct_counts(once)[0].min() < 3  # "once" is weaker
 
 
@@ -310,7 +304,9 @@ def test_thesis_stats_table_and_comparison_layout(small_log, small_filtered):
     t = thesis_stats()
     assert list(t.columns) == list(STATS_COLUMNS) and list(t.index) == ["raw", "filtered"]
     # The published numbers, in Table 1's column order (users, items, buy, cart, pv, fav).
-    assert t.loc["filtered"].tolist() == [16_012, 24_608, 87_179, 51_985, 383_648, 19_039]
+    printed = THESIS_TABLES["table1_statistics"]
+    assert printed["columns"] == list(STATS_COLUMNS)
+    assert t.loc["raw"].tolist() == printed["raw"] and t.loc["filtered"].tolist() == printed["filtered"]
     # The reason the default filter is a single pass: a 10-core would need >= 10 purchases per user.
     assert t.loc["filtered", "buy"] < 10 * t.loc["filtered", "users"]
     both = table1_comparison(log_stats({"raw": small_log, "filtered": small_filtered}))
@@ -322,8 +318,8 @@ def test_thesis_stats_table_and_comparison_layout(small_log, small_filtered):
 def test_load_filtered_equals_in_memory_path(tmp_path, small_log, mode):
     path = tmp_path / "UserBehavior.csv"
     write_userbehavior(small_log, path)
-    stats, filtered = load_filtered(path, mode=mode, **LOW)
-    expected = filter_log(small_log, mode=mode, **LOW)
+    stats, filtered = load_filtered(path, mode=mode, **FILTER)
+    expected = filter_log(small_log, mode=mode, **FILTER)
     pd.testing.assert_frame_equal(stats, log_stats({"raw": small_log, "filtered": expected}))
     pd.testing.assert_frame_equal(filtered, expected)
 
@@ -551,11 +547,11 @@ def test_nan_ids_are_refused(small_filtered):
 
 def test_task_data_records_where_it_came_from(small_filtered, tmp_path):
     data = build_task_data(small_filtered, seed=4, device="cpu")
-    assert data.meta == {"source": None, "filter": {"target": "buy", **LOW, "mode": "once"}, "split_seed": 4,
+    assert data.meta == {"source": None, "filter": {"target": "buy", **FILTER, "mode": "once"}, "split_seed": 4,
                          "fractions": [0.7, 0.15, 0.15]}
     path = tmp_path / "UserBehavior.csv"
-    synthesize(**SMALL, seed=0, path=path)
-    _, filtered = load_filtered(path, **LOW)
+    synthesize(**WORLD, path=path)
+    _, filtered = load_filtered(path, **FILTER)
     assert build_task_data(filtered, device="cpu").meta["source"] == str(path)
     assert data.to("cpu").meta == data.meta
 
@@ -566,8 +562,7 @@ def test_leakage_check_survives_python_O(tmp_path):
 
     script = (
         "import torch; from mbkit.data import synthesize, filter_log, build_task_data, check_no_leakage, LeakageError\n"
-        "d = build_task_data(filter_log(synthesize(n_users=2000, n_items=1000), min_user_items=3, min_item_users=3),"
-        " device='cpu')\n"
+        f"d = build_task_data(filter_log(synthesize(**{WORLD}), **{FILTER}), device='cpu')\n"
         "u = int(d.eval_users('test')[0]); i = d.test_csr.indices[d.test_csr.indptr[u]]\n"
         "d.users, d.items = torch.cat([d.users, torch.tensor([u])]), torch.cat([d.items, i[None]])\n"
         "try:\n    check_no_leakage(d)\nexcept LeakageError as e:\n    print('raised:', e)\n"
@@ -576,19 +571,21 @@ def test_leakage_check_survives_python_O(tmp_path):
     assert "raised: 1 test buy pairs are training positives" in out.stdout, out.stderr[-2000:]
 
 
-def test_table1_ratios_of_the_thesis_filtered_log():
-    ratios = table1_ratios(table1_comparison(load_filtered("synthetic")[0]))
-    thesis = ratios.loc["thesis filtered"]
-    # Table 1 (filtered): 87,179 purchases by 16,012 users of 24,608 items; 383,648 pv, 51,985 cart, 19,039 fav
-    assert thesis["buy per user"] == pytest.approx(87_179 / 16_012)
-    assert thesis["buy per item"] == pytest.approx(87_179 / 24_608)
-    assert [round(thesis[f"{b} per buy"], 4) for b in ("pv", "cart", "fav")] == [4.4007, 0.5963, 0.2184]
+def test_table1_ratios_are_shape_not_size(small_log, small_filtered):
+    stats = log_stats({"raw": small_log, "filtered": small_filtered})
+    ratios = table1_ratios(table1_comparison(stats))
     assert list(ratios.index) == ["raw", "filtered", "thesis raw", "thesis filtered"]
+    assert list(ratios.columns) == ["buy per user", "buy per item", "pv per buy", "cart per buy", "fav per buy"]
+    ours = ratios.loc["filtered"]
+    assert ours["buy per user"] == stats.loc["filtered", "buy"] / stats.loc["filtered", "users"]
+    assert ours["pv per buy"] == stats.loc["filtered", "pv"] / stats.loc["filtered", "buy"]
+    # shape: doubling every count leaves the ratios of purchases to behaviors, halves none of them
+    doubled = table1_ratios(stats * 2)
+    pd.testing.assert_series_equal(doubled.loc["filtered"].drop(["buy per user", "buy per item"]),
+                                   ours.drop(["buy per user", "buy per item"]), check_names=False)
 
 
 def test_load_filtered_sizes_the_synthetic_world():
-    from mbkit.data import filter_log, load_filtered
-    from mbkit.synthetic import synthesize
     stats, log = load_filtered("synthetic", synthetic_size=(3000, 1500), min_user_items=5, min_item_users=5)
     expected = filter_log(synthesize(3000, 1500), target="buy", mode="once", min_user_items=5, min_item_users=5)
     pd.testing.assert_frame_equal(log.reset_index(drop=True), expected.reset_index(drop=True))
@@ -596,7 +593,6 @@ def test_load_filtered_sizes_the_synthetic_world():
 
 
 def test_load_filtered_refuses_a_size_for_a_file(tmp_path):
-    from mbkit.data import load_filtered
     path = tmp_path / "log.csv"
     path.write_text("1,2,3,buy,1511700000\n")
     with pytest.raises(ValueError, match="sizes the built-in world only"):

@@ -17,24 +17,17 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers import TINY as BASE
 from mbkit import data as mbd
-from mbkit.experiments import Method, run_grid, run_name
-from mbkit.train import TrainConfig
+from mbkit.study.grid import run_grid
+from mbkit.study.methods import Method
+from mbkit.study.runs import run_name
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'mbkit[ray]')")
 
-SMALL = dict(n_users=3000, n_items=1000, seed=3)
-BASE = TrainConfig(epochs=2, batch_size=512, emb_dim=8, mlp_layers=(8, 4), tower_layers=(8,), device="cpu",
-                   progress=False)
 METHODS = [Method("Vanilla", "vanilla"), Method("MetaBalance (r=0.7)", "metabalance", {"relax_factor": 0.7}),
            Method("PCGrad (adjusted)", "pcgrad_adjusted")]
 SEEDS = [0, 1]
-
-
-@pytest.fixture(scope="module")
-def task_data() -> mbd.TaskData:
-    log = mbd.filter_log(mbd.synthesize(**SMALL), min_user_items=5, min_item_users=5)
-    return mbd.build_task_data(log, seed=0, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +54,7 @@ def _table(runs: pd.DataFrame) -> pd.DataFrame:
 
 def test_an_unreachable_cluster_is_one_sentence():
     # first in the module: the module's local Ray is not started yet
-    from mbkit.ray_grid import connect
+    from mbkit.study.ray_executor import connect
     assert not ray.is_initialized()
     with pytest.raises(ConnectionError, match=r"could not reach the Ray cluster at '127.0.0.1:9' \(.*\); check "
                                               r"the address"):
@@ -86,7 +79,7 @@ def test_ray_grid_gives_the_local_table_and_one_record_per_run(local_ray, task_d
             assert "started on" in log and "torch threads 1" in log and "== finished: best epoch" in log
 
     # Run again: every run is read from its record, nothing is submitted to Ray.
-    import mbkit.ray_grid as rg
+    import mbkit.study.ray_executor as rg
     real, rg.run_task = rg.run_task, None
     try:
         again = run_grid(task_data, METHODS, SEEDS, BASE, runs_dir=runs, executor="ray")

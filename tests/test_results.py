@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mbkit.experiments import select_relax_factor
+from mbkit.study.stats import select_relax_factor
 
 METRICS = ("ndcg@10", "recall@10", "precision@10", "ndcg@20", "recall@20", "precision@20")
 

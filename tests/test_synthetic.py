@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mbkit.synthetic import AUXILIARY, synthesize
+from mbkit.data.synthetic import AUXILIARY, synthesize
 
 SMALL = dict(n_users=6000, n_items=2000, seed=0)
 

@@ -1,29 +1,15 @@
-"""The training loop: determinism, resume, non-finite losses, diagnostics, the command line."""
+"""The training loop: determinism, resume, non-finite losses, diagnostics, the patience rule, progress."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import pandas as pd
 import pytest
 import torch
 
-from mbkit import data as mbd
-from mbkit.__main__ import main
+from helpers import TINY as CFG
 from mbkit.train import NonFiniteLossError, TrainConfig, fit
-
-
-@pytest.fixture(scope="module")
-def task_data() -> mbd.TaskData:
-    log = mbd.synthesize(**SMALL)
-    filtered = mbd.filter_log(log, min_user_items=5, min_item_users=5)
-    return mbd.build_task_data(filtered, seed=0, device="cpu")
-
-
-SMALL = dict(n_users=3000, n_items=1000, seed=3)
-CFG = TrainConfig(epochs=2, batch_size=512, emb_dim=8, mlp_layers=(8, 4), tower_layers=(8,), device="cpu",
-                  progress=False)
 
 
 def test_same_seed_same_metrics_and_different_seed_differs(task_data):
@@ -79,35 +65,6 @@ def test_vanilla_fast_path_equals_engine_path(task_data):
     engine = fit(task_data, dataclasses.replace(CFG, epochs=1, diagnostics_every=1))
     for k in fast.test:
         assert fast.test[k] == pytest.approx(engine.test[k], abs=1e-6)
-
-
-def test_cli_train_writes_outputs(tmp_path, capsys, monkeypatch):
-    out = tmp_path / "run"
-    code = main(["train", "--data", "synthetic", "--balancer", "metabalance", "--relax-factor", "0.7",
-                 "--epochs", "1", "--device", "cpu", "--out", str(out), "--no-progress", "--batch-size", "2048"])
-    assert code == 0
-    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert printed["label"].startswith("MetaBalance")
-    assert (out / "history.csv").exists() and (out / "last.pt").exists()
-    record = json.loads((out / "metrics.json").read_text())
-    assert record["config"]["balancer_kwargs"] == {"relax_factor": 0.7}
-    assert {"torch", "git_commit", "device"} <= set(record["provenance"])
-
-
-@pytest.mark.parametrize("argv,needle", [
-    (["train", "--balancer", "nosuch", "--epochs", "1", "--device", "cpu"], "nosuch"),
-    (["train", "--epochs", "many"], "invalid int value"),
-    (["data", "--data", "/nonexistent/UserBehavior.csv"], "UserBehavior.csv"),
-])
-def test_cli_bad_arguments_give_one_line(tmp_path, capsys, monkeypatch, argv, needle):
-    monkeypatch.chdir(tmp_path)
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse exits for malformed options
-        code = e.code
-    err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err
 
 
 def test_patience_stops_at_the_first_non_improving_epoch(task_data):

@@ -34,13 +34,14 @@ from __future__ import annotations
 import inspect
 from typing import Any, Sequence
 
-from .base import GRANULARITIES, REDUCTIONS, Balancer, GradientBalancer, check_grads
+from .base import GRANULARITIES, REDUCTIONS, Balancer, GradientBalancer, LossWeighting, check_grads
 from .cagrad import CAGrad
 from .chain import Chain, chain
 from .cosine import GradCosine
 from .dwa import DWA
 from .fixed import FixedWeights
 from .gradcraft import GradCraft
+from .gram import CoefficientBalancer
 from .gradnorm import GradNorm
 from .gradvac import GradVac, GradVacAdjusted
 from .metabalance import STRATEGIES, MetaBalance
@@ -146,6 +147,7 @@ __all__ = [
     "Balancer",
     "CAGrad",
     "Chain",
+    "CoefficientBalancer",
     "DWA",
     "FixedWeights",
     "GradCosine",
@@ -158,6 +160,7 @@ __all__ = [
     "UncertaintyWeighting",
     "GRANULARITIES",
     "GradientBalancer",
+    "LossWeighting",
     "METHODS",
     "MetaBalance",
     "PCGrad",

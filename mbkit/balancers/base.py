@@ -194,12 +194,25 @@ def follow_device(balancer: Any, names: Sequence[str], device: torch.device) -> 
             setattr(balancer, name, {k: v.to(device) if isinstance(v, Tensor) else v for k, v in value.items()})
 
 
-def loss_weighted(balancer: Any, grads: Sequence[Tensor], losses: Tensor | None, combine: bool) -> list[Tensor]:
-    """Shared body of the loss-weighting methods: `balancer._weights(grads, k, losses)` sets one weight
-    per task (`last_weights`); return the weighted per-task terms, or their sum when `combine`."""
-    grads, k = check_grads(grads)
-    balancer._weights(grads, k, losses)
-    if combine:
-        return [weighted_sum(w, g) for w, g in zip(balancer.last_weights, grads)]
-    return [g * task_view(w, g) for g, w in zip(grads, balancer.last_weights)]
+class LossWeighting(GradientBalancer):
+    """Base of the methods that weigh each task by one number per step, set from the batch's losses
+    (uncertainty weighting, DWA, GradNorm): the combined gradient is sum_k w_k g_k.
 
+    A subclass implements `_weights(grads, k, losses)`, which validates the losses, advances its state, sets
+    `last_weights` (one (K,) tensor per shared tensor) and returns the (K,) weights of this step.
+    """
+
+    uses_losses = True
+
+    def _weights(self, grads: list[Tensor], k: int, losses: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def transform(self, grads: Sequence[Tensor], losses: Tensor | None = None) -> list[Tensor]:
+        grads, k = check_grads(grads)
+        self._weights(grads, k, losses)
+        return [g * task_view(w, g) for g, w in zip(grads, self.last_weights)]
+
+    def __call__(self, grads: Sequence[Tensor], losses: Tensor | None = None) -> list[Tensor]:
+        grads, k = check_grads(grads)
+        self._weights(grads, k, losses)
+        return [weighted_sum(w, g) for w, g in zip(self.last_weights, grads)]

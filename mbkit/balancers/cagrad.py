@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from .base import GRANULARITIES
-from .gram import diagonal_weights, min_norm_weights, on_simplex, pick, quadratic, restrict, solve_pd, subsets
-from .pcgrad import _check_choice, _Projection, gram_matrices
+from .gram import (CoefficientBalancer, check_choice, diagonal_weights, gram_matrices, min_norm_weights, on_simplex,
+                   pick, quadratic, restrict, solve_pd, subsets)
 
 
 def cagrad_weights(gram: Tensor, c: float) -> Tensor:
@@ -48,7 +48,7 @@ def cagrad_weights(gram: Tensor, c: float) -> Tensor:
     return 1.0 / k + scale.unsqueeze(-1) * best
 
 
-class CAGrad(_Projection):
+class CAGrad(CoefficientBalancer):
     """CAGrad: the update d maximising the worst task's improvement min_k g_k . d within the ball
     ||d - g_0|| <= c ||g_0|| around the mean gradient g_0 (eq. 4); c = 0 is the mean gradient.
 
@@ -72,7 +72,7 @@ class CAGrad(_Projection):
             raise ValueError(f"c must be >= 0; got {c}")
         self.c = float(c)
         self.rescale = bool(rescale)
-        self.granularity = _check_choice(granularity, GRANULARITIES, "granularity")
+        self.granularity = check_choice(granularity, GRANULARITIES, "granularity")
 
     def _coefficients(self, grads: list[Tensor], groups: list[list[int]]) -> Tensor:
         gram = gram_matrices(grads, groups)

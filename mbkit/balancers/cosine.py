@@ -6,11 +6,10 @@ import torch
 from torch import Tensor
 
 from .base import GRANULARITIES
-from .gram import diagonal_weights, safe_div
-from .pcgrad import _check_choice, _Projection, gram_matrices
+from .gram import CoefficientBalancer, check_choice, diagonal_weights, gram_matrices, safe_div
 
 
-class GradCosine(_Projection):
+class GradCosine(CoefficientBalancer):
     """Use an auxiliary gradient only where it agrees with the target's (Du, Czarnecki, Jayakumar,
     Farajtabar, Pascanu & Lakshminarayanan, "Adapting Auxiliary Losses Using Gradient Similarity").
 
@@ -30,7 +29,7 @@ class GradCosine(_Projection):
     def __init__(self, weighted: bool = False, granularity: str = "flat") -> None:
         super().__init__()
         self.weighted = bool(weighted)
-        self.granularity = _check_choice(granularity, GRANULARITIES, "granularity")
+        self.granularity = check_choice(granularity, GRANULARITIES, "granularity")
 
     def _coefficients(self, grads: list[Tensor], groups: list[list[int]]) -> Tensor:
         gram = gram_matrices(grads, groups)  # (G, K, K)

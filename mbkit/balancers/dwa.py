@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .base import (
-    GradientBalancer, check_losses, check_state_keys, clone_state, follow_device, loss_weighted,
-)
+from .base import LossWeighting, check_losses, check_state_keys, clone_state, follow_device
 
 PERIODS: tuple[str, ...] = ("epoch", "step")
 
 
-class DWA(GradientBalancer):
+class DWA(LossWeighting):
     """lambda_k(t) = K exp(w_k(t-1) / T) / sum_i exp(w_i(t-1) / T), w_k(t-1) = L_k(t-1) / L_k(t-2).
 
     As in the paper, L_k(t) is task k's average training loss over epoch t, the weights sum to K,
@@ -28,7 +26,6 @@ class DWA(GradientBalancer):
     """
 
     name = "dwa"
-    uses_losses = True
 
     def __init__(self, temperature: float = 2.0, period: str = "epoch") -> None:
         super().__init__()
@@ -77,12 +74,6 @@ class DWA(GradientBalancer):
             self._push(self.epoch_sum / self.epoch_steps)
             self.epoch_sum = torch.zeros_like(self.epoch_sum)
             self.epoch_steps = 0
-
-    def transform(self, grads: Sequence[Tensor], losses: Tensor | None = None) -> list[Tensor]:
-        return loss_weighted(self, grads, losses, combine=False)
-
-    def __call__(self, grads: Sequence[Tensor], losses: Tensor | None = None) -> list[Tensor]:
-        return loss_weighted(self, grads, losses, combine=True)
 
     def state_dict(self) -> dict[str, Any]:
         return clone_state({"history": self.history, "n_history": self.n_history,

@@ -6,8 +6,7 @@ import torch
 from torch import Tensor
 
 from .base import GRANULARITIES
-from .gram import safe_div
-from .pcgrad import _check_choice, _Projection, gram_matrices
+from .gram import CoefficientBalancer, check_choice, gram_matrices, safe_div
 
 
 def gradcraft_coefficients(gram: Tensor, tau: float, epsilon: float) -> Tensor:
@@ -35,7 +34,7 @@ def gradcraft_coefficients(gram: Tensor, tau: float, epsilon: float) -> Tensor:
     return (torch.diag_embed(torch.ones_like(s)) + w) * s.unsqueeze(-2)  # C[i, l] = (delta_il + w_il) s_l
 
 
-class GradCraft(_Projection):
+class GradCraft(CoefficientBalancer):
     """GradCraft: magnitudes adjusted towards the largest task's, then each task's direction crafted
     so that it no longer conflicts with any other task (all conflicts of a task solved jointly,
     not sequentially as PCGrad), then the mean over tasks.
@@ -63,7 +62,7 @@ class GradCraft(_Projection):
             raise ValueError(f"tau must lie in [0, 1] and epsilon be >= 0; got {tau=}, {epsilon=}")
         self.tau = float(tau)
         self.epsilon = float(epsilon)
-        self.granularity = _check_choice(granularity, GRANULARITIES, "granularity")
+        self.granularity = check_choice(granularity, GRANULARITIES, "granularity")
         self.reduction = "mean"
 
     def _coefficients(self, grads: list[Tensor], groups: list[list[int]]) -> Tensor:

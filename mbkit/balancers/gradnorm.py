@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .base import (
-    GradientBalancer, adam_update, check_losses, check_state_keys, clone_state, follow_device, loss_weighted,
-)
+from .base import LossWeighting, adam_update, check_losses, check_state_keys, clone_state, follow_device
 
 
-class GradNorm(GradientBalancer):
+class GradNorm(LossWeighting):
     """Task weights w_k trained so that each weighted gradient norm follows its relative training rate.
 
     With n_k the norm of task k's gradient of the chosen shared parameters W, G_k = w_k n_k,
@@ -36,7 +34,6 @@ class GradNorm(GradientBalancer):
     """
 
     name = "gradnorm"
-    uses_losses = True
 
     def __init__(self, alpha: float = 1.5, lr: float = 1e-3, layer: int | None = None) -> None:
         super().__init__()
@@ -81,12 +78,6 @@ class GradNorm(GradientBalancer):
         self.weights.copy_(torch.where(total > 0, clamped * (k / torch.where(total > 0, total, 1.0)), 1.0))
         self.last_weights = [weights.to(gr.dtype) for gr in grads]
         return weights
-
-    def transform(self, grads: Sequence[Tensor], losses: Tensor | None = None) -> list[Tensor]:
-        return loss_weighted(self, grads, losses, combine=False)
-
-    def __call__(self, grads: Sequence[Tensor], losses: Tensor | None = None) -> list[Tensor]:
-        return loss_weighted(self, grads, losses, combine=True)
 
     def state_dict(self) -> dict[str, Any]:
         return clone_state({"weights": self.weights, "initial_losses": self.initial_losses, "adam": self.adam})

@@ -9,8 +9,7 @@ from torch import Tensor
 
 from ..utils import make_generator
 from .base import GRANULARITIES, check_state_keys, clone_state, follow_device
-from .gram import safe_div
-from .pcgrad import _check_choice, _Projection, gram_matrices
+from .gram import CoefficientBalancer, check_choice, gram_matrices, safe_div
 
 
 def _correction(norm_i: Tensor, norm_j: Tensor, phi: Tensor, target: Tensor) -> Tensor:
@@ -21,7 +20,7 @@ def _correction(norm_i: Tensor, norm_j: Tensor, phi: Tensor, target: Tensor) -> 
     return torch.where(phi < target, w, torch.zeros_like(w))
 
 
-class GradVac(_Projection):
+class GradVac(CoefficientBalancer):
     """GradVac: raise each pair's cosine to an adaptive target instead of PCGrad's 0.
 
     For each task i and every other task j in a random order (fresh per call, as PCGrad):
@@ -51,7 +50,7 @@ class GradVac(_Projection):
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"beta must lie in [0, 1]; got {beta}")
         self.beta = float(beta)
-        self.granularity = _check_choice(granularity, GRANULARITIES, "granularity")
+        self.granularity = check_choice(granularity, GRANULARITIES, "granularity")
         self.seed = int(seed)
         self._user_generator = generator
         self.generator = generator if generator is not None else make_generator(self.seed, "cpu")
@@ -111,7 +110,7 @@ class GradVac(_Projection):
                 f"generator={gen})")
 
 
-class GradVacAdjusted(_Projection):
+class GradVacAdjusted(CoefficientBalancer):
     """Target-anchored GradVac: only auxiliary gradients are corrected, only towards the target.
 
     As PCGrad (adjusted) is to PCGrad: for each auxiliary k with phi = cos(g_k, g_0) < phi_hat_k,
@@ -128,7 +127,7 @@ class GradVacAdjusted(_Projection):
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"beta must lie in [0, 1]; got {beta}")
         self.beta = float(beta)
-        self.granularity = _check_choice(granularity, GRANULARITIES, "granularity")
+        self.granularity = check_choice(granularity, GRANULARITIES, "granularity")
         self.targets: Tensor | None = None  # (G, K) phi_hat_k (entry 0 unused)
 
     def _coefficients(self, grads: list[Tensor], groups: list[list[int]]) -> Tensor:

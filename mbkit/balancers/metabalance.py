@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from .base import GradientBalancer, check_grads, task_view, weighted_sum
+from .base import GradientBalancer, check_grads, check_state_keys, task_view, weighted_sum
 
 STRATEGIES: tuple[str, ...] = ("both", "reduce", "enlarge")
 
@@ -130,11 +130,7 @@ class MetaBalance(GradientBalancer):
         return {"step": self.step, "moving_averages": averages}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if set(state) != {"step", "moving_averages"}:
-            raise ValueError(
-                f"MetaBalance state needs keys ['moving_averages', 'step']; got {sorted(state)} "
-                "(was it saved by another balancer?)"
-            )
+        check_state_keys(state, {"step", "moving_averages"}, "MetaBalance")
         averages = state["moving_averages"]
         self.moving_averages = None if averages is None else [m.detach().clone() for m in averages]
         self.step = int(state["step"])

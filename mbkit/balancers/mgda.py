@@ -8,8 +8,7 @@ import torch
 from torch import Tensor
 
 from .base import GRANULARITIES
-from .gram import diagonal_weights, min_norm_weights
-from .pcgrad import _check_choice, _Projection, gram_matrices
+from .gram import CoefficientBalancer, check_choice, diagonal_weights, gram_matrices, min_norm_weights
 
 
 SOLVERS: tuple[str, ...] = ("exact", "frank_wolfe")
@@ -30,7 +29,7 @@ def frank_wolfe(gram: Tensor, epsilon: float, max_iters: int) -> Tensor:
     return alpha
 
 
-class MGDA(_Projection):
+class MGDA(CoefficientBalancer):
     """Multiple-gradient descent: d = sum_k alpha_k g_k with alpha on the simplex minimising ||d||^2.
 
     d is the common descent direction of all tasks (d . g_k >= ||d||^2 for every k), or 0 at a
@@ -54,8 +53,8 @@ class MGDA(_Projection):
         self, granularity: str = "flat", solver: str = "exact", epsilon: float = 1e-3, max_iters: int = 100
     ) -> None:
         super().__init__()
-        self.granularity = _check_choice(granularity, GRANULARITIES, "granularity")
-        self.solver = _check_choice(solver, SOLVERS, "solver")
+        self.granularity = check_choice(granularity, GRANULARITIES, "granularity")
+        self.solver = check_choice(solver, SOLVERS, "solver")
         if not epsilon > 0 or int(max_iters) < 1:
             raise ValueError(f"epsilon must be > 0 and max_iters >= 1; got {epsilon=}, {max_iters=}")
         self.epsilon = float(epsilon)

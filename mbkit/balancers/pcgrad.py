@@ -1,67 +1,21 @@
 """PCGrad (Yu et al., NeurIPS 2020) and the study's auxiliary-only variant ("adjusted").
 
-Both are computed in the K x K space of task gradients: every projected gradient is a linear
-combination sum_l C[i, l] g_l of the original ones, and the dot products it needs are entries of
-the Gram matrix g_i . g_l. So a call computes one Gram matrix per group of tensors (one group per
-tensor, or one group for the whole flattened shared vector), finds the coefficients C with
-K x K arithmetic batched over groups, and applies them with one (K, K) @ (K, N) product per tensor
-(`transform`) or, for the combined gradient, one (K,) @ (K, N) product with the column sums of C.
-The Gram matrix is computed on gradients scaled by a power of two (the group's largest |entry|),
-so projections are scale invariant and do not underflow at tiny gradient scales; a projection
-onto a gradient whose squared norm is still 0 is skipped (no division by zero).
+Both are computed in the K x K space of task gradients (`mbkit.balancers.gram`): every projected gradient
+is a linear combination sum_l C[i, l] g_l of the original ones, and the dot products it needs are entries
+of the Gram matrix g_i . g_l. A projection onto a gradient whose squared norm is 0 is skipped (no division
+by zero).
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..utils import make_generator
-from .base import GRANULARITIES, REDUCTIONS, GradientBalancer, check_grads, weighted_sum
-
-
-def _groups(n_tensors: int, granularity: str) -> list[list[int]]:
-    return [list(range(n_tensors))] if granularity == "flat" else [[j] for j in range(n_tensors)]
-
-
-def gram_matrices(grads: Sequence[Tensor], groups: list[list[int]]) -> Tensor:
-    """(G, K, K) Gram matrices g_i . g_l over each group's tensors, each group scaled by 2^-e
-    (computed in float32 at least).
-
-    2^e is the power of two just above the group's largest |entry| (clamped to the float range),
-    which leaves every projection coefficient unchanged but keeps the products from underflowing.
-    """
-    k = grads[0].shape[0]
-    flats = [g.reshape(k, -1) for g in grads]
-    out = []
-    for group in groups:
-        members = [flats[j] for j in group if flats[j].shape[1] > 0]
-        if not members:
-            ref = grads[group[0]]
-            acc = torch.promote_types(ref.dtype, torch.float32)
-            out.append(torch.zeros(k, k, dtype=acc, device=ref.device))
-            continue
-        acc = torch.promote_types(members[0].dtype, torch.float32)  # half precision: accumulate in fp32
-        extremes = torch.stack([torch.stack(torch.aminmax(f)) for f in members]).to(acc)  # (M, 2) min, max
-        amax = torch.maximum(-extremes[:, 0], extremes[:, 1]).amax()  # largest |entry| of the group
-        _, exponent = torch.frexp(amax)
-        limit = int(math.log2(torch.finfo(acc).max)) - 1  # keep 2^-e finite
-        scale = torch.ldexp(torch.ones_like(amax), (-exponent).clamp(-limit, limit))
-        gram = torch.zeros(k, k, dtype=acc, device=members[0].device)
-        for f in members:
-            fs = f.to(acc) * scale
-            gram = gram + fs @ fs.T
-        out.append(gram)
-    return torch.stack(out)
-
-
-def _safe_ratio(num: Tensor, den: Tensor, use: Tensor) -> Tensor:
-    """num / den where `use` (and den > 0), else 0 -- without ever dividing by 0."""
-    ok = use & (den > 0)
-    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))
+from .base import GRANULARITIES, REDUCTIONS, check_state_keys
+from .gram import CoefficientBalancer, check_choice, gram_matrices, safe_div
 
 
 def adjusted_coefficients(gram: Tensor) -> Tensor:
@@ -70,7 +24,7 @@ def adjusted_coefficients(gram: Tensor) -> Tensor:
     n_groups, k, _ = gram.shape
     dots = gram[:, :, 0]  # (G, K) g_k . g_0
     sq0 = gram[:, :1, 0].expand(n_groups, k)  # (G, K) ||g_0||^2
-    coef = _safe_ratio(dots, sq0, dots < 0)  # g_0 . g_0 >= 0: the target is never projected
+    coef = safe_div(dots, sq0, dots < 0)  # g_0 . g_0 >= 0: the target is never projected
     c = torch.eye(k, dtype=gram.dtype, device=gram.device).expand(n_groups, k, k).clone()
     c[:, :, 0] -= coef
     return c
@@ -89,70 +43,12 @@ def pcgrad_coefficients(gram: Tensor, order: Tensor) -> Tensor:
     for p in range(k - 1):
         j = order[:, p]  # (K,) the partner of every task at this position
         dots = (c * gram[:, j, :]).sum(-1)  # (G, K) (sum_l C[i, l] g_l) . g_{j_i}
-        coef = _safe_ratio(dots, sq[:, j], dots < 0)
+        coef = safe_div(dots, sq[:, j], dots < 0)
         c = c.scatter_add(2, j.view(1, k, 1).expand(n_groups, k, 1), -coef.unsqueeze(-1))
     return c
 
 
-def apply_coefficients(grads: Sequence[Tensor], coefficients: Tensor, groups: list[list[int]]) -> list[Tensor]:
-    """Per-task gradients sum_l C[i, l] g_l for every tensor, with its group's coefficients."""
-    out: list[Tensor | None] = [None] * len(grads)
-    for gi, group in enumerate(groups):
-        for j in group:
-            g = grads[j]
-            out[j] = (coefficients[gi].to(g.dtype) @ g.reshape(g.shape[0], -1)).view(g.shape)
-    return out  # type: ignore[return-value]
-
-
-def combine_coefficients(
-    grads: Sequence[Tensor], coefficients: Tensor, groups: list[list[int]], reduction: str
-) -> list[Tensor]:
-    """The reduced gradient sum_i sum_l C[i, l] g_l (or its mean over i) in one pass per tensor."""
-    k = coefficients.shape[-1]
-    weights = coefficients.sum(dim=-2) if reduction == "sum" else coefficients.sum(dim=-2) / k  # (G, K)
-    out: list[Tensor | None] = [None] * len(grads)
-    for gi, group in enumerate(groups):
-        for j in group:
-            out[j] = weighted_sum(weights[gi], grads[j])
-    return out  # type: ignore[return-value]
-
-
-def _check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
-    if value not in choices:
-        raise ValueError(f"{what} must be one of {choices}; got {value!r}")
-    return value
-
-
-class _Projection(GradientBalancer):
-    """Shared machinery: coefficients C (G, K, K) per call, applied per task or summed."""
-
-    granularity: str = "tensor"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.last_coefficients: Tensor | None = None  # (G, K, K) of the last call
-
-    def _coefficients(self, grads: list[Tensor], groups: list[list[int]]) -> Tensor:
-        raise NotImplementedError
-
-    def _prepare(self, grads: Sequence[Tensor]) -> tuple[list[Tensor], list[list[int]], Tensor]:
-        grads, _ = check_grads(grads)
-        groups = _groups(len(grads), self.granularity)
-        coefficients = self._coefficients(grads, groups)
-        self.last_coefficients = coefficients
-        self.last_weights = None
-        return grads, groups, coefficients
-
-    def transform(self, grads: Sequence[Tensor]) -> list[Tensor]:
-        grads, groups, coefficients = self._prepare(grads)
-        return apply_coefficients(grads, coefficients, groups)
-
-    def __call__(self, grads: Sequence[Tensor]) -> list[Tensor]:
-        grads, groups, coefficients = self._prepare(grads)
-        return combine_coefficients(grads, coefficients, groups, self.reduction)
-
-
-class PCGradAdjusted(_Projection):
+class PCGradAdjusted(CoefficientBalancer):
     """The study's PCGrad for auxiliary tasks: only auxiliaries are projected, only against the target.
 
     Each auxiliary gradient g_k with g_k . g_0 < 0 is replaced by its projection onto the normal
@@ -169,7 +65,7 @@ class PCGradAdjusted(_Projection):
 
     def __init__(self, granularity: str = "tensor") -> None:
         super().__init__()
-        self.granularity = _check_choice(granularity, GRANULARITIES, "granularity")
+        self.granularity = check_choice(granularity, GRANULARITIES, "granularity")
 
     def _coefficients(self, grads: list[Tensor], groups: list[list[int]]) -> Tensor:
         return adjusted_coefficients(gram_matrices(grads, groups))
@@ -181,7 +77,7 @@ class PCGradAdjusted(_Projection):
         return f"PCGradAdjusted(granularity={self.granularity!r})"
 
 
-class PCGrad(_Projection):
+class PCGrad(CoefficientBalancer):
     """PCGrad, "gradient surgery" (Yu et al., NeurIPS 2020, Algorithm 1).
 
     Every task's gradient g_i is projected, sequentially, against every other task's original
@@ -207,8 +103,8 @@ class PCGrad(_Projection):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        self.reduction = _check_choice(reduction, REDUCTIONS, "reduction")
-        self.granularity = _check_choice(granularity, GRANULARITIES, "granularity")
+        self.reduction = check_choice(reduction, REDUCTIONS, "reduction")
+        self.granularity = check_choice(granularity, GRANULARITIES, "granularity")
         self.seed = int(seed)
         self._user_generator = generator
         self.generator = generator if generator is not None else make_generator(self.seed, "cpu")
@@ -238,11 +134,7 @@ class PCGrad(_Projection):
         return {"step": self.step, "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if set(state) != {"step", "generator"}:
-            raise ValueError(
-                f"PCGrad state needs keys ['generator', 'step']; got {sorted(state)} "
-                "(was it saved by another balancer?)"
-            )
+        check_state_keys(state, {"step", "generator"}, "PCGrad")
         self.generator.set_state(state["generator"])
         self.step = int(state["step"])
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .base import (
-    GradientBalancer, adam_update, check_losses, check_state_keys, clone_state, follow_device, loss_weighted,
-)
+from .base import LossWeighting, adam_update, check_losses, check_state_keys, clone_state, follow_device
 
 
-class UncertaintyWeighting(GradientBalancer):
+class UncertaintyWeighting(LossWeighting):
     """Homoscedastic-uncertainty task weights, learned jointly with the model.
 
     With s_k = log sigma_k^2 one learnable number per task, the objective is
@@ -32,7 +30,6 @@ class UncertaintyWeighting(GradientBalancer):
     """
 
     name = "uncertainty"
-    uses_losses = True
 
     def __init__(self, lr: float = 1e-3, regularizer: float = 1.0) -> None:
         super().__init__()
@@ -56,12 +53,6 @@ class UncertaintyWeighting(GradientBalancer):
         adam_update(self.log_vars, grad_s, self.adam, self.lr)
         self.last_weights = [weights.to(g.dtype) for g in grads]
         return weights
-
-    def transform(self, grads: Sequence[Tensor], losses: Tensor | None = None) -> list[Tensor]:
-        return loss_weighted(self, grads, losses, combine=False)
-
-    def __call__(self, grads: Sequence[Tensor], losses: Tensor | None = None) -> list[Tensor]:
-        return loss_weighted(self, grads, losses, combine=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {"log_vars": clone_state(self.log_vars), "adam": clone_state(self.adam)}

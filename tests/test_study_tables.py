@@ -1,14 +1,16 @@
-"""Tables of the study: mean ± std over seeds, relative change, paired tests (hand-checked values)."""
+"""The study's tables and statistics: mean ± std over seeds, relative change, paired changes with their
+intervals and tests, the verdict rule, the cost per step, the methods of each grid (hand-checked values)."""
 
 import math
 
 import numpy as np
-
 import pandas as pd
 import pytest
 from scipy import stats
 
-from mbkit.experiments import format_table, paired_tests, relative_improvement, study_methods, summarize
+from mbkit.study.methods import study_methods
+from mbkit.study.stats import paired_change, step_cost, verdicts
+from mbkit.study.tables import format_table, relative_improvement, stopping, summarize, with_applied_ratio
 
 
 @pytest.fixture()
@@ -29,18 +31,11 @@ def test_summarize_mean_std_in_first_appearance_order(runs):
     assert format_table(s, ["ndcg@10"]).loc["MB", "N@10"] == "0.1300 ± 0.0100"
 
 
-def test_relative_improvement_and_paired_test(runs):
+def test_relative_improvement(runs):
     s = summarize(runs, metrics=["ndcg@10"])
     rel = relative_improvement(s, "Vanilla", ["ndcg@10"])
     assert rel.loc["MB", "ndcg@10"] == pytest.approx(100 * (0.13 / 0.11 - 1))
     assert str(rel.loc["Same", "ndcg@10"]) == "0.0"
-    t = paired_tests(runs, "Vanilla")
-    ref = stats.ttest_rel([0.13, 0.14, 0.12], [0.10, 0.12, 0.11])
-    assert t.loc["MB", "t"] == pytest.approx(ref.statistic) and t.loc["MB", "p_value"] == pytest.approx(ref.pvalue)
-    assert t.loc["MB", "mean_diff"] == pytest.approx(0.02)
-    assert math.isnan(t.loc["Vanilla", "p_value"]) and math.isnan(t.loc["Same", "p_value"])  # no variance
-    with pytest.raises(ValueError, match="baseline"):
-        paired_tests(runs, "Nope")
 
 
 def test_study_methods_are_the_six_of_the_thesis():
@@ -52,8 +47,6 @@ def test_study_methods_are_the_six_of_the_thesis():
 
 
 def test_applied_ratio_is_the_raw_ratio_times_the_applied_weight():
-    from mbkit.experiments import with_applied_ratio
-
     d = pd.DataFrame({"step": [0, 0, 0], "tensor": ["w"] * 3, "task": ["buy", "pv", "fav"],
                       "ratio_to_target": [1.0, 4.0, 0.5], "weight": [1.0, 0.325, 1.3]})
     assert with_applied_ratio(d)["applied_ratio"].tolist() == pytest.approx([1.0, 1.3, 0.65])
@@ -63,7 +56,7 @@ def test_applied_ratio_is_the_raw_ratio_times_the_applied_weight():
 
 def test_all_methods_lists_the_study_three_then_every_baseline():
     from mbkit.balancers import BASELINES
-    from mbkit.experiments import all_methods, notebook_grid
+    from mbkit.study.methods import all_methods, notebook_grid
     methods = all_methods(0.5)
     assert [m.balancer for m in methods] == ["vanilla", "metabalance", "pcgrad_adjusted", *BASELINES]
     assert methods[1].kwargs == {"relax_factor": 0.5} and methods[1].label == "MetaBalance (r=0.5)"
@@ -74,7 +67,7 @@ def test_all_methods_lists_the_study_three_then_every_baseline():
 
 
 def test_notebook_grids_pass_the_patience_rule_on():
-    from mbkit.experiments import notebook_grid
+    from mbkit.study.methods import notebook_grid
     params = {"relax_factor": 0.7, "seeds": [0], "epochs": 20, "batch_size": 256, "mode": "compact"}
     assert notebook_grid("04_method_comparison", {**params, "patience": 1})[2].patience == 1
     assert notebook_grid("04_method_comparison", {**params, "patience": None})[2].patience is None
@@ -83,7 +76,6 @@ def test_notebook_grids_pass_the_patience_rule_on():
 
 
 def test_stopping_lists_best_and_trained_epochs_in_seed_order():
-    from mbkit.experiments import stopping
     runs = pd.DataFrame({"strategy": ["both"] * 4, "relax_factor": [0.7, 0.7, 0.0, 0.7],
                          "method": ["MB", "MB", "V", "MB"], "seed": [2, 0, 0, 1],
                          "best_epoch": [3, 2, 2, 19], "epochs_trained": [4, 3, 3, 20]})
@@ -98,19 +90,21 @@ def test_stopping_lists_best_and_trained_epochs_in_seed_order():
 
 
 def test_paired_change_without_groups_is_one_row_per_method(runs):
-    from mbkit.experiments import paired_change
     c = paired_change(runs, "Vanilla").set_index("method")
     assert list(c.index) == ["MB", "Same"]
     d = [0.03, 0.02, 0.01]
     half = 4.302652729911275 * pd.Series(d).std() / math.sqrt(3)  # t_{0.975, 2}
     assert c.loc["MB", "mean_diff"] == pytest.approx(0.02)
     assert (c.loc["MB", "ci_low"], c.loc["MB", "ci_high"]) == pytest.approx((0.02 - half, 0.02 + half))
-    assert c.loc["MB", "p_value"] == pytest.approx(stats.ttest_rel([0.13, 0.14, 0.12], [0.10, 0.12, 0.11]).pvalue)
+    ref = stats.ttest_rel([0.13, 0.14, 0.12], [0.10, 0.12, 0.11])
+    assert c.loc["MB", "p_value"] == pytest.approx(ref.pvalue) and c.loc["MB", "t"] == pytest.approx(ref.statistic)
+    assert c.loc["MB", "change_pct"] == pytest.approx(100 * 0.02 / 0.11)
     assert c.loc["Same", "mean_diff"] == 0 and math.isnan(c.loc["Same", "p_value"])  # no spread: no test
+    with pytest.raises(ValueError, match="baseline 'Nope' is not among the methods"):
+        paired_change(runs, "Nope")
 
 
 def test_verdicts_sorts_methods_by_their_interval():
-    from mbkit.experiments import verdicts
     changes = pd.DataFrame({"method": ["A", "B", "C"], "change_pct": [5.0, -4.0, 1.0],
                             "ci_low": [0.01, -0.03, -0.01], "ci_high": [0.03, -0.01, 0.02]})
     text = verdicts(changes, "Vanilla")
@@ -119,7 +113,6 @@ def test_verdicts_sorts_methods_by_their_interval():
 
 
 def test_step_cost_is_the_median_time_per_step_over_runs():
-    from mbkit.experiments import step_cost
     runs = pd.DataFrame({"method": ["Vanilla"] * 3 + ["X"] * 3,
                          "train_seconds": [9.0, 2.0, 2.2, 3.0, 3.3, 1.5],  # Vanilla's first run: warm-up
                          "steps": [100, 100, 100, 100, 110, 50]})
@@ -133,8 +126,7 @@ def test_step_cost_is_the_median_time_per_step_over_runs():
 
 
 def test_quality_vs_cost_draws_every_method_with_its_interval():
-    from mbkit import plots
-    from mbkit.experiments import step_cost
+    from mbkit.study import plots
     runs = pd.DataFrame({"method": ["Vanilla", "Vanilla", "MB", "MB", "One"],
                          "seed": [0, 1, 0, 1, 0], "test_ndcg@10": [0.10, 0.12, 0.12, 0.13, 0.09],
                          "train_seconds": [1.0, 1.0, 1.5, 1.5, 2.0], "steps": [10] * 5})
@@ -147,7 +139,7 @@ def test_quality_vs_cost_draws_every_method_with_its_interval():
 
 
 def test_labels_near_each_other_are_moved_apart_and_others_stay():
-    from mbkit.plots import _label_heights
+    from mbkit.study.plots import _label_heights
     x = np.array([1.0, 1.05, 2.0, 1.02])
     y = np.array([0.100, 0.101, 0.100, 0.1005])
     out = _label_heights(x, y, gap=0.01, width=0.2)

@@ -1,4 +1,4 @@
-"""The `ray` executor of `mbkit.experiments.run_grid`: every run of a grid is one Ray task.
+"""The `ray` executor of `mbkit.study.grid.run_grid`: every run of a grid is one Ray task.
 
 Each task asks for `cpus_per_run` CPUs and, when the cluster has GPUs and the grid's device allows CUDA,
 `1 / runs_per_gpu` of a GPU, so that several runs share one device. The split is prepared once by the
@@ -25,8 +25,10 @@ from typing import Any
 
 import torch
 
-from mbkit.progress import progress_bar
-from mbkit.runlog import LOG, finished_line, run_log
+from mbkit.checkpoint import config_differences, data_fingerprint
+from mbkit.provenance import read_json
+from mbkit.study.runs import LOG, finished_line, run_log, run_name, train_one
+from mbkit.utils import progress_bar
 
 
 class GridError(RuntimeError):
@@ -87,8 +89,6 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
 def resources(device: str, runs_per_gpu: int, cpus_per_run: int) -> dict[str, float]:
     """The Ray resource request of one run: CPUs, and a GPU share when the cluster has GPUs for it."""
     ray = import_ray()
-    if runs_per_gpu < 1 or cpus_per_run < 1:
-        raise ValueError(f"runs_per_gpu={runs_per_gpu}, cpus_per_run={cpus_per_run}: both must be >= 1")
     gpus = ray.cluster_resources().get("GPU", 0)
     wants_gpu = device == "auto" or device.startswith("cuda")
     if device.startswith("cuda") and not gpus:
@@ -99,10 +99,6 @@ def resources(device: str, runs_per_gpu: int, cpus_per_run: int) -> dict[str, fl
 def run_task(data: Any, fingerprint: dict[str, Any], method: Any, seed: int, cfg: Any, folder: str,
              threads: int) -> dict[str, Any]:
     """One run on a Ray worker: check the data, train or resume it, record it; its output goes to run.log."""
-    from mbkit.experiments import _train_one
-    from mbkit.record import read_json
-    from mbkit.runstate import config_differences, data_fingerprint
-
     torch.set_num_threads(threads)
     path = Path(folder)
     with run_log(path, capture=True):
@@ -113,7 +109,7 @@ def run_task(data: Any, fingerprint: dict[str, Any], method: Any, seed: int, cfg
         if config_differences(mine, fingerprint):
             raise ValueError(f"this worker's data (sha256 {mine['sha256'][:12]}) differ from the grid's "
                              f"(sha256 {fingerprint['sha256'][:12]}); the run was refused")
-        summary = _train_one(data, method, seed, cfg, path, None, None, "")
+        summary = train_one(data, method, seed, cfg, path, None, None, "")
         print(finished_line(summary))
     return summary
 
@@ -128,8 +124,6 @@ def run_on_ray(data: Any, fingerprint: dict[str, Any], jobs: list[tuple[int, Any
     running; on a cluster those tasks end with the driver's process (Ray fails a dead driver's tasks). They
     are not cancelled one by one: a task finishing during `ray.cancel` can crash Ray's driver (Ray 2.60).
     """
-    from mbkit.experiments import run_name
-
     ray = import_ray()
     ours = connect(address)
     main = threading.current_thread() is threading.main_thread()

@@ -1,4 +1,4 @@
-"""When does balancing help? Notebook 05's map over the synthetic world's two dials (`mbkit.synthetic`):
+"""When does balancing help? Notebook 05's map over the synthetic world's two dials (`mbkit.data.synthetic`):
 how much each auxiliary behavior is driven by the target's preference (alignment) and how much of it there
 is (volume). In every cell of the grid the same methods train over the same seeds on that cell's world;
 `paired_change` gives each method's change over Vanilla with a confidence interval across seeds."""
@@ -12,18 +12,14 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
-from mbkit import experiments, popularity
-from mbkit.data import TaskData, build_task_data, filter_log, sample_summary
-from mbkit.experiments import Method, run_grid
-from mbkit.synthetic import AUXILIARY, synthesize
+from mbkit.data.filter import filter_log
+from mbkit.data.split import TaskData, build_task_data, sample_summary
+from mbkit.data.synthetic import AUXILIARY, synthesize
+from mbkit.study import stats
+from mbkit.study.grid import run_grid
+from mbkit.study.methods import Method
+from mbkit.study.tables import floor_row
 from mbkit.train import TrainConfig
-
-
-def map_methods(relax_factor: float) -> list[Method]:
-    """Vanilla, MetaBalance at the validated r, PCGrad in the study's adjusted form."""
-    return [Method("Vanilla", "vanilla"),
-            Method(f"MetaBalance (r={relax_factor:g})", "metabalance", {"relax_factor": relax_factor}),
-            Method("PCGrad (adjusted)", "pcgrad_adjusted")]
 
 
 @dataclass(frozen=True)
@@ -60,7 +56,7 @@ def world_summary(data: TaskData) -> dict[str, float]:
     floor's test NDCG@10 (items by training purchases, no training)."""
     train = sample_summary(data)["train"]
     target = data.tasks[0]
-    floor = float(popularity.floor_row(data)["ndcg@10_mean"].iloc[0])
+    floor = float(floor_row(data)["ndcg@10_mean"].iloc[0])
     return {"users": data.n_users, "items": data.n_items, "train purchases": int(train[target]),
             **{f"{t} per purchase": float(train[t] / train[target]) for t in data.tasks[1:]},
             "most popular ndcg@10": floor}
@@ -73,7 +69,7 @@ def run_map(world: World, alignments: Sequence[float], volumes: Sequence[float],
     """Train `methods` x `seeds` in every (alignment, volume) cell. Returns (runs, worlds): one row per run
     with `alignment` and `volume` columns added, and one row per cell from `world_summary`. With `runs_dir`
     each cell keeps its records in `runs_dir/<cell_name>/`, so a re-run trains only what is missing.
-    `grid_kwargs` go to `run_grid` (executor, ray_address, ...)."""
+    `grid_kwargs` go to `run_grid` (the fields of `mbkit.study.grid.Executor`)."""
     methods, seeds = list(methods), list(seeds)
     runs, worlds = [], []
     for a in alignments:
@@ -88,19 +84,20 @@ def run_map(world: World, alignments: Sequence[float], volumes: Sequence[float],
 
 def paired_change(runs: pd.DataFrame, baseline: str = "Vanilla", metric: str = "test_ndcg@10",
                   by: Sequence[str] = ("alignment", "volume"), level: float = 0.95) -> pd.DataFrame:
-    """`mbkit.experiments.paired_change` per (alignment, volume) cell of the map."""
-    return experiments.paired_change(runs, baseline, metric, by=by, level=level)
+    """`mbkit.study.stats.paired_change` per (alignment, volume) cell of the map."""
+    return stats.paired_change(runs, baseline, metric, by=by, level=level)
 
 
 def reading(changes: pd.DataFrame, level: float = 0.95) -> str:
-    """The map in words: per method, the cells where its interval lies above 0 (helps), below 0 (hurts),
-    or includes 0 (no difference the seeds can resolve)."""
+    """The map in words: per method, the cells where its interval lies above 0 (helps), below 0 (hurts), or
+    includes 0 (no difference the seeds can resolve), by `mbkit.study.stats.verdict`."""
+    words = {"better": "helps", "worse": "hurts", stats.UNRESOLVED: stats.UNRESOLVED}
+    says = stats.verdict(changes).map(words)
     lines = []
     for method, c in changes.groupby("method", sort=False):
-        verdict = {"helps": c["ci_low"] > 0, "hurts": c["ci_high"] < 0}
-        verdict["no resolvable difference"] = ~(verdict["helps"] | verdict["hurts"])
         parts = []
-        for word, mask in verdict.items():
+        for word in words.values():
+            mask = says.loc[c.index] == word
             if mask.any():
                 cells = ", ".join(f"({a:g}, {v:g}) {p:+.1f}%" for a, v, p in
                                   c.loc[mask, ["alignment", "volume", "change_pct"]].itertuples(index=False))

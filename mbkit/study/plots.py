@@ -99,7 +99,7 @@ def applied(d: pd.DataFrame, tensors: Iterable[str] | None = None, window: int =
     """The method acting: per shared tensor, each auxiliary task's raw ‖g_aux‖ / ‖g_target‖ (thin) and the
     ratio that reaches the optimizer after balancing, `ratio × weight` (thick), rolling medians over
     `window` diagnostic samples. `d` is a diagnostics frame with an `applied_ratio` column
-    (`mbkit.experiments.with_applied_ratio`)."""
+    (`mbkit.study.tables.with_applied_ratio`)."""
     tensors = list(tensors or dict.fromkeys(d["tensor"]))
     target = d["task"].iloc[0]
     tasks = [t for t in dict.fromkeys(d["task"]) if t != target]

@@ -17,13 +17,9 @@ from typing import Iterable, Iterator
 import pandas as pd
 import torch
 
-from mbkit.data import TaskData
-from mbkit.experiments import Method
-from mbkit.grads import GradEngine
-from mbkit.optim import make_optimizers
-from mbkit.runstate import RunState
-from mbkit.train import TrainConfig, build_model, make_balancer, sums_losses, train_step
-from mbkit.utils import make_generator, seed_everything
+from mbkit.data.split import TaskData
+from mbkit.study.methods import Method
+from mbkit.train import TrainConfig, new_run, sums_losses, train_step
 
 
 def _batches(data: TaskData, cfg: TrainConfig, sampler: torch.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
@@ -47,13 +43,10 @@ def step_times(data: TaskData, methods: Iterable[Method], base: TrainConfig, *, 
     runs = []
     for m in methods:
         cfg = dataclasses.replace(base, balancer=m.balancer, balancer_kwargs=dict(m.kwargs), seed=seed)
-        seed_everything(seed)
-        model = build_model(data, cfg, device).train()
-        run = RunState(config=dataclasses.asdict(cfg), fingerprint={}, model=model,
-                       optimizers=make_optimizers(model, cfg.mode, lr=cfg.lr, weight_decay=cfg.weight_decay),
-                       balancer=make_balancer(cfg), sampler=make_generator(seed, device))
+        run, engine = new_run(data, cfg, device)
+        run.model.train()
         per_task = not sums_losses(cfg, run.balancer)
-        runs.append((run, GradEngine(model, mode=cfg.mode), per_task, _batches(data, cfg, run.sampler)))
+        runs.append((run, engine, per_task, _batches(data, cfg, run.sampler)))
     times: list[list[float]] = [[] for _ in methods]
     for r in range(warmup + steps):
         for k in range(len(methods)):

@@ -10,8 +10,9 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from mbkit.csr import sorted_unique
-from mbkit.data import BEHAVIORS, THESIS_STATS, WINDOW, write_userbehavior
+from mbkit.data.csr import sorted_unique
+from mbkit.data.read import write_userbehavior
+from mbkit.data.schema import BEHAVIORS, THESIS_STATS, WINDOW
 
 
 # Rows per behavior in the real raw log (Table 1), the proportions `synthesize` calibrates to.

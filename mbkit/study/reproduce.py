@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import yaml
 
-from mbkit.record import ROOT
+from mbkit.provenance import ROOT
 
 NOTEBOOK_DIR = ROOT / "notebooks"
 

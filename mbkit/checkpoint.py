@@ -1,4 +1,5 @@
-"""The state of one training run, and what makes a run identifiable: its configuration and its data.
+"""The state of one training run, what makes a run identifiable (its configuration and its data), and the
+patience rule that decides when it stops.
 
 `RunState` holds everything `fit` needs to continue a run (model, optimizers, balancer, RNG streams,
 history, best epoch, diagnostics) together with the run's identity (the full `TrainConfig` as a dict, the
@@ -6,6 +7,9 @@ data fingerprint, the code version and the history of resumes). Checkpoints are 
 dicts of tensors and plain values: they load with `torch.load(weights_only=True)` and `load_checkpoint`
 checks their schema. `check_resume` refuses a checkpoint whose configuration or data differ from the
 current run except in `RESUMABLE_CHANGES`.
+
+`improved` and `exhausted` are the early-stopping rule, the one that `fit` applies, that a resumed run
+re-applies and that `check_resume` replays on a checkpoint's history (`stopping_epoch`).
 
 `claim_run_dir` is the rule for output folders: a folder that already holds a run is refused unless the
 run resumes from it or `overwrite=True` (which first removes the old run's files).
@@ -24,7 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-import mbkit
+from mbkit.provenance import code_version
+from mbkit.utils import atomic_write
 
 SCHEMA = "mbkit-run/2"
 # Settings that may differ between a checkpoint and the run that resumes it: how long to train and how
@@ -50,12 +55,6 @@ class RunDirError(ValueError):
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def code_version() -> dict[str, Any]:
-    from mbkit.record import git_commit
-
-    return {"mbkit": mbkit.__version__, "git_commit": git_commit()}
 
 
 def data_fingerprint(data: Any) -> dict[str, Any]:
@@ -153,12 +152,8 @@ class RunState:
 
     def save(self, path: str | Path, resumable: bool = True) -> Path:
         """Write the checkpoint atomically (temporary file, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.checkpoint(resumable), tmp)
-        tmp.replace(path)
-        return path
+        state = self.checkpoint(resumable)
+        return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
     def restore(self, ckpt: dict[str, Any], source: str | Path) -> None:
         """Load a checked checkpoint (`load_checkpoint` + `check_resume`) into the live objects."""
@@ -222,16 +217,25 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def stopping_epoch(scores: list[float], patience: int) -> int | None:
-    """The epoch (1-based) at which early stopping with `patience` ends a run with these validation
-    scores (the rule of `fit`: stop after `patience` epochs without a strictly better score), or None."""
+def improved(score: float, best: float) -> bool:
+    """The patience rule, part 1: an epoch improves on the best one only with a strictly better score."""
+    return score > best
+
+
+def exhausted(stale: int, patience: int | None) -> bool:
+    """The patience rule, part 2: a run stops once `patience` epochs in a row did not improve (never if None)."""
+    return patience is not None and stale >= patience
+
+
+def stopping_epoch(scores: list[float], patience: int | None) -> int | None:
+    """The epoch (1-based) at which the patience rule ends a run with these validation scores, or None."""
     best, stale = -math.inf, 0
     for epoch, score in enumerate(scores, start=1):
-        if score > best:
+        if improved(score, best):
             best, stale = score, 0
         else:
             stale += 1
-        if stale >= patience:
+        if exhausted(stale, patience):
             return epoch
     return None
 

@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from mbkit.record import ROOT
+from mbkit.provenance import ROOT
 
 K_SE = 4.0
 FLOOR = 0.002

@@ -6,7 +6,6 @@ import datetime as _dt
 import hashlib
 import json
 import math
-import os
 import platform
 import subprocess
 from pathlib import Path
@@ -14,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-import mbkit
+from mbkit._version import __version__
+from mbkit.utils import atomic_write
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,7 +44,7 @@ def provenance(device: Any = None) -> dict[str, Any]:
 
     dev = str(device) if device is not None else None
     info: dict[str, Any] = {
-        "mbkit": mbkit.__version__,
+        "mbkit": __version__,
         "git_commit": git_commit(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -61,11 +61,11 @@ def provenance(device: Any = None) -> dict[str, Any]:
     return info
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, Path):
         return str(x)
     if isinstance(x, (np.integer,)):
@@ -79,50 +79,16 @@ def _jsonable(x: Any) -> Any:
 
 
 def write_json(path: str | Path, payload: dict[str, Any], device: Any = None) -> Path:
-    """Write `payload` plus a `provenance` block as indented JSON, atomically; returns the path.
-
-    The text goes to a temporary file in the same folder, then replaces `path` in one rename, so an
-    interrupted write leaves the previous file or the new one, never a truncated one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    body = dict(_jsonable(payload))
+    """Write `payload` plus a `provenance` block as indented JSON, atomically; returns the path."""
+    body = dict(jsonable(payload))
     body["provenance"] = provenance(device)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(body, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, json.dumps(body, indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
-def output_dirs(*directories: str | Path, notebook: str | None = None,
-                params: dict[str, Any] | None = None) -> list[Path]:
-    """The notebook's output folders: in place, under `$MBKIT_OUTPUT_ROOT`, or in a scratch folder.
-
-    - `$MBKIT_OUTPUT_ROOT` set (`make test`, the browser test): everything goes under it.
-    - `notebook` and `params` given, and the committed `results/<notebook>.json` was made with other
-      parameters: the outputs go to `build/explore/<notebook>-<hash of params>/`, and a line says so.
-      Exploring in JupyterLab never rewrites the committed figures and results.
-    - otherwise in place (`make reproduce` with the parameters that produced the committed results).
-    """
-    root = os.environ.get("MBKIT_OUTPUT_ROOT")
-    if root:
-        out = [Path(root) / Path(d).name for d in directories]
-    else:
-        out = [Path(d) for d in directories]
-        if notebook is not None and params is not None:
-            from mbkit.checks import committed_record, params_differ
-
-            differ = params_differ(params, committed_record(notebook))
-            if differ:
-                key = json.dumps(_jsonable(params), sort_keys=True).encode()
-                scratch = ROOT / "build" / "explore" / f"{notebook}-{hashlib.sha256(key).hexdigest()[:8]}"
-                out = [scratch / Path(d).name for d in directories]
-                names = ", ".join(sorted(differ))
-                print(f"parameters differ from the committed results ({names}): outputs go to {scratch}")
-    for d in out:
-        d.mkdir(parents=True, exist_ok=True)
-    return out
+def code_version() -> dict[str, Any]:
+    """The package version and commit that a run or a checkpoint records."""
+    return {"mbkit": __version__, "git_commit": git_commit()}

@@ -1,4 +1,5 @@
-"""Runs that cannot lie: identity of a run, refused resumes, output folders, checkpoint files, grids."""
+"""Runs that cannot lie: the identity of a run, refused resumes, output folders, checkpoint files, the
+patience rule."""
 
 from __future__ import annotations
 
@@ -6,29 +7,16 @@ import dataclasses
 import json
 import os
 
-import pandas as pd
 import pytest
 import torch
 
+from helpers import TINY
 from mbkit import data as mbd
-from mbkit.experiments import Method, run_grid, run_name
-from mbkit.record import write_json
-from mbkit.runstate import RESUMABLE_CHANGES, SCHEMA, CheckpointError, RunDirError, claim_run_dir, load_checkpoint
+from mbkit.checkpoint import RESUMABLE_CHANGES, SCHEMA, CheckpointError, RunDirError, claim_run_dir, load_checkpoint
+from mbkit.provenance import write_json
 from mbkit.train import TrainConfig, fit
 
-SMALL = dict(n_users=3000, n_items=1000, seed=3)
-CFG = TrainConfig(epochs=2, batch_size=512, emb_dim=8, mlp_layers=(8, 4), tower_layers=(8,), device="cpu",
-                  progress=False, balancer="metabalance", balancer_kwargs={"relax_factor": 0.7})
-
-
-@pytest.fixture(scope="module")
-def filtered() -> pd.DataFrame:
-    return mbd.filter_log(mbd.synthesize(**SMALL), min_user_items=5, min_item_users=5)
-
-
-@pytest.fixture(scope="module")
-def task_data(filtered) -> mbd.TaskData:
-    return mbd.build_task_data(filtered, seed=0, device="cpu")
+CFG = dataclasses.replace(TINY, balancer="metabalance", balancer_kwargs={"relax_factor": 0.7})
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +48,7 @@ def test_checkpoint_and_record_carry_config_data_and_code(tmp_path, task_data):
 
 
 def test_fingerprint_tells_splits_and_filters_apart(filtered, task_data):
-    from mbkit.runstate import data_fingerprint
+    from mbkit.checkpoint import data_fingerprint
 
     base = data_fingerprint(task_data)
     assert data_fingerprint(mbd.build_task_data(filtered, seed=0, device="cpu")) == base
@@ -227,84 +215,8 @@ def test_empty_validation_split_fails_before_training(filtered):
         fit(data, CFG)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Grids
-
-
-METHODS = [Method("Vanilla", "vanilla"), Method("MetaBalance (r=0.7)", "metabalance", {"relax_factor": 0.7})]
-GRID_CFG = dataclasses.replace(CFG, balancer="vanilla", balancer_kwargs={})
-
-
-def _table(runs: pd.DataFrame) -> pd.DataFrame:
-    return runs.drop(columns="train_seconds")
-
-
-def test_run_name_is_deterministic():
-    assert run_name(METHODS[1], 2) == "metabalance_relax_factor=0.7_seed2"
-    assert run_name(Method("x", "chain", {"balancers": ["metabalance", "pcgrad"]}), 0) == \
-        "chain_balancers=-metabalance-pcgrad-_seed0"
-
-
-def test_interrupted_grid_finishes_with_the_uninterrupted_table(tmp_path, task_data, capsys):
-    full = run_grid(task_data, METHODS, [0], GRID_CFG)  # the call the notebooks make, unchanged
-    assert list(full.columns[:6]) == ["method", "balancer", "seed", "best_epoch", "epochs_trained", "train_seconds"]
-    assert (full["epochs_trained"] == GRID_CFG.epochs).all()  # no patience: every epoch is trained
-
-    runs = tmp_path / "runs"
-    # "Killed" twice: once between runs (Vanilla finished and recorded), once inside MetaBalance's
-    # first epoch... simulated by a run of it that stopped after epoch 1 (its folder holds last.pt only).
-    run_grid(task_data, METHODS[:1], [0], GRID_CFG, runs_dir=runs)
-    fit(task_data, dataclasses.replace(GRID_CFG, epochs=1, balancer="metabalance",
-                                       balancer_kwargs={"relax_factor": 0.7}),
-        checkpoint_dir=runs / run_name(METHODS[1], 0))
-    capsys.readouterr()
-    again = run_grid(task_data, METHODS, [0], GRID_CFG, runs_dir=runs, progress="text")
-    pd.testing.assert_frame_equal(_table(again), _table(full))
-    out, err = capsys.readouterr()
-    assert out == "" and "run 2/2" in err and "MetaBalance (r=0.7), seed 0: epoch 2/2" in err
-    mb = json.loads((runs / run_name(METHODS[1], 0) / "metrics.json").read_text())
-    assert [r["from_epoch"] for r in mb["resumes"]] == [1]
-
-    # A third call trains nothing: every run is read from its record.
-    def no_training(*args, **kwargs):
-        raise AssertionError("a finished run was trained again")
-
-    import mbkit.experiments as ex
-    real_fit, ex.fit = ex.fit, no_training
-    try:
-        pd.testing.assert_frame_equal(run_grid(task_data, METHODS, [0], GRID_CFG, runs_dir=runs), again)
-    finally:
-        ex.fit = real_fit
-
-
-def test_grid_refuses_a_runs_dir_of_other_settings(tmp_path, task_data):
-    runs = tmp_path / "runs"
-    run_grid(task_data, METHODS[:1], [0], dataclasses.replace(GRID_CFG, epochs=1), runs_dir=runs)
-    with pytest.raises(ValueError, match=r"holds a run with lr=0.001, this grid asks for lr=0.01; pass another "
-                                         "runs_dir"):
-        run_grid(task_data, METHODS[:1], [0], dataclasses.replace(GRID_CFG, epochs=1, lr=0.01), runs_dir=runs)
-    other = mbd.build_task_data(mbd.filter_log(mbd.synthesize(**SMALL), min_user_items=5, min_item_users=5),
-                                seed=1, device="cpu")
-    with pytest.raises(ValueError, match="trained on other data"):
-        run_grid(other, METHODS[:1], [0], dataclasses.replace(GRID_CFG, epochs=1), runs_dir=runs)
-
-
-def test_a_grid_refuses_to_reuse_a_record_of_other_code(tmp_path, monkeypatch, task_data):
-    import mbkit.experiments as ex
-    from mbkit.experiments import Method, run_grid
-
-    base = TrainConfig(epochs=1, batch_size=4096, device="cpu", progress=False)
-    methods = [Method("Vanilla", "vanilla")]
-    first = run_grid(task_data, methods, [0], base, runs_dir=tmp_path)
-    again = run_grid(task_data, methods, [0], base, runs_dir=tmp_path)  # same code: read back
-    assert again["test_ndcg@10"].tolist() == first["test_ndcg@10"].tolist()
-    monkeypatch.setattr(ex, "code_version", lambda: {"mbkit": "x", "git_commit": "0" * 40})
-    with pytest.raises(ValueError, match="trained by the code of commit"):
-        run_grid(task_data, methods, [0], base, runs_dir=tmp_path)
-
-
 def test_stopping_epoch_replays_the_early_stopping_rule():
-    from mbkit.runstate import stopping_epoch
+    from mbkit.checkpoint import stopping_epoch
 
     scores = [0.178, 0.236, 0.233, 0.288, 0.304]
     assert stopping_epoch(scores, 1) == 3
@@ -315,7 +227,7 @@ def test_stopping_epoch_replays_the_early_stopping_rule():
 def test_resume_refuses_a_patience_that_would_have_stopped_the_run_earlier():
     import dataclasses
 
-    from mbkit.runstate import CheckpointError, check_resume
+    from mbkit.checkpoint import CheckpointError, check_resume
 
     saved = dataclasses.asdict(TrainConfig(epochs=5, patience=None, progress=False))
     history = [{"valid_ndcg@10": v} for v in (0.178, 0.236, 0.233, 0.288, 0.304)]
@@ -328,7 +240,7 @@ def test_resume_refuses_a_patience_that_would_have_stopped_the_run_earlier():
 
 
 def test_a_record_from_before_a_later_setting_reads_as_its_old_behaviour():
-    from mbkit.runstate import LATER_SETTINGS, config_differences
+    from mbkit.checkpoint import LATER_SETTINGS, config_differences
 
     now = dataclasses.asdict(CFG)
     before = {k: v for k, v in now.items() if k not in LATER_SETTINGS}

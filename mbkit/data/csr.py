@@ -1,5 +1,5 @@
-"""Compressed sparse rows of (user, item) pairs: the layout of the splits (`mbkit.data`) and of the masks
-that ranking applies (`mbkit.metrics`); both layers import it from here."""
+"""Compressed sparse rows of (user, item) pairs: the layout of the splits (`mbkit.data.split`) and of the
+masks that ranking applies (`mbkit.metrics`)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,130 @@
+"""Paired statistics over seeds, the verdict rule, the cost per step, and the choice of the relax factor.
+
+Runs pair by seed: the same seed gives the same initialisation and the same stream of negatives, so the
+quantity of interest is each seed's difference to the baseline. `paired_change` gives its mean, the
+t-interval at `level` and the paired t-test; `verdict` reads an interval as better, worse or unresolved.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+UNRESOLVED = "no resolvable difference"
+
+
+def paired_change(runs: pd.DataFrame, baseline: str = "Vanilla", metric: str = "test_ndcg@10",
+                  by: Iterable[str] = (), level: float = 0.95) -> pd.DataFrame:
+    """Each method's change over `baseline` (within each group of `by`, if any), paired by seed.
+
+    One row per (group, method other than the baseline): `n_seeds`, the baseline's mean, the mean
+    difference d, its t-interval d ± t_{n-1} · sd / sqrt(n) at `level` (`ci_low`, `ci_high`), the same in
+    percent of the baseline's mean, and the paired t-test's `t` and `p_value` (scipy's `ttest_rel`; NaN
+    with fewer than two seeds or when the differences have no spread).
+    """
+    by = list(by)
+    rows = []
+    for key, cell in (runs.groupby(by, sort=False) if by else [((), runs)]):
+        wide = cell.pivot_table(index="seed", columns="method", values=metric, sort=False)
+        if baseline not in wide.columns:
+            raise ValueError(f"baseline {baseline!r} is not among the methods {list(wide.columns)}")
+        base = wide[baseline]
+        for method in wide.columns.drop(baseline):
+            both = base.notna() & wide[method].notna()
+            a, b = wide.loc[both, method], base[both]
+            d = (a - b).to_numpy(float)
+            n = len(d)
+            half = float(stats.t.ppf(0.5 + level / 2, n - 1) * d.std(ddof=1) / np.sqrt(n)) if n > 1 else np.nan
+            t, p = stats.ttest_rel(a, b) if n > 1 and d.std(ddof=1) > 1e-12 else (np.nan, np.nan)
+            scale = 100.0 / float(b.mean())
+            mean = float(d.mean())
+            rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))), "method": method,
+                         "n_seeds": n, "baseline_mean": float(b.mean()), "mean_diff": mean,
+                         "ci_low": mean - half, "ci_high": mean + half, "change_pct": mean * scale,
+                         "ci_low_pct": (mean - half) * scale, "ci_high_pct": (mean + half) * scale,
+                         "t": float(t), "p_value": float(p)})
+    return pd.DataFrame(rows)
+
+
+def verdict(changes: pd.DataFrame) -> pd.Series:
+    """The verdict rule, per row of `paired_change`: "better" when the whole interval lies above 0, "worse"
+    when it lies below, else `UNRESOLVED` (no difference the seeds resolve; an interval of one seed is NaN)."""
+    words = np.select([changes["ci_low"] > 0, changes["ci_high"] < 0], ["better", "worse"], UNRESOLVED)
+    return pd.Series(words, index=changes.index, name="verdict")
+
+
+def verdicts(changes: pd.DataFrame, baseline: str, level: float = 0.95, metric: str = "test NDCG@10") -> str:
+    """`paired_change`'s table in words: the methods of each verdict with their change in percent."""
+    says = verdict(changes)
+    parts = []
+    for word in ("better", "worse", UNRESOLVED):
+        rows = changes.loc[says == word, ["method", "change_pct"]].itertuples(index=False)
+        named = ", ".join(f"{m} {c:+.1f}%" for m, c in rows)
+        parts.append(f"  {word} ({int((says == word).sum())}): {named or '-'}")
+    return f"against {baseline} ({metric}, paired {level:.0%} interval):\n" + "\n".join(parts)
+
+
+def step_cost(runs: pd.DataFrame, baseline: str = "Vanilla") -> pd.Series:
+    """Training seconds per step of each method, relative to `baseline`, from the runs' own `train_seconds`
+    and `steps` (runs that stopped early trained fewer steps). The median over a method's runs: the first
+    run of a process also pays one-off warm-up costs, which would bias the method trained first."""
+    steps = pd.to_numeric(runs["steps"], errors="coerce")
+    if steps.isna().any() or (steps <= 0).any():
+        raise ValueError("step_cost needs every run's `steps`; records written before mbkit kept it lack them: "
+                         "train those runs again (delete their folders in runs_dir)")
+    per_step = (runs["train_seconds"] / steps).groupby(runs["method"], sort=False).median()
+    if baseline not in per_step.index:
+        raise ValueError(f"baseline {baseline!r} is not among the methods {list(per_step.index)}")
+    return (per_step / per_step[baseline]).rename(f"time per step / {baseline}")
+
+
+PAPER_RELAX_FACTOR = 0.7  # MetaBalance's default (He et al. 2022, Sec. 5); wins ties in `select_relax_factor`
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The relax factor chosen on validation, and how clear the choice was."""
+
+    strategy: str
+    relax_factor: float
+    best: tuple[str, float]                  # the candidate with the highest mean
+    near_best: list[tuple[str, float]]       # candidates within one standard error of the best mean
+    margin: float                            # best mean minus the runner-up's (how clear the raw maximum is)
+    standard_error: float                    # std / sqrt(n_seeds) of the best candidate
+
+    def describe(self, metric: str) -> str:
+        tied = ", ".join(f"{s} r={r:g}" for s, r in self.near_best)
+        return (f"chosen: strategy={self.strategy}, r={self.relax_factor:g}\n"
+                f"best mean: {self.best[0]} r={self.best[1]:g}, ahead of the runner-up by {self.margin:.4f} "
+                f"(one standard error: {self.standard_error:.4f})\n"
+                f"within one standard error of the best validation {metric}: {tied}")
+
+
+def select_relax_factor(summary: pd.DataFrame, metric: str = "ndcg@10",
+                        prefer: float = PAPER_RELAX_FACTOR, reference: float = 0.0) -> Selection:
+    """Choose (strategy, r) on validation, robust to float noise and to seed noise.
+
+    `summary` is indexed by (strategy, relax_factor) as `summarize(..., by=["strategy", "relax_factor"])`
+    gives it. r = `reference` (0: the plain sum, i.e. Vanilla) is a reference row, never a candidate.
+    Among the candidates whose mean lies within one standard error (std / sqrt(n)) of the best mean,
+    take the one closest to `prefer` (the paper's 0.7), then the smaller r, then strategy "both". A sweep
+    that is flat within its seed spread therefore gives the paper's default on every machine, and a
+    different host changes the choice only if it moves a candidate across the one-standard-error line.
+    """
+    cand = summary[summary.index.get_level_values(1).to_numpy(dtype=float) != reference]
+    if cand.empty:
+        raise ValueError(f"no relax factor other than the reference r={reference:g} was swept; add candidates")
+    mean, std, n = cand[f"{metric}_mean"], cand[f"{metric}_std"], cand["n_seeds"]
+    best = mean.idxmax()
+    se = float(std.loc[best]) / math.sqrt(float(n.loc[best]))
+    near = [idx for idx in cand.index if mean.loc[idx] >= mean.loc[best] - se]
+    chosen = min(near, key=lambda i: (abs(float(i[1]) - prefer), float(i[1]), i[0] != "both"))
+    others = mean.drop(index=[best])
+    margin = float(mean.loc[best] - others.max()) if len(others) else math.inf
+    return Selection(strategy=str(chosen[0]), relax_factor=float(chosen[1]), best=(str(best[0]), float(best[1])),
+                     near_best=[(str(s), float(r)) for s, r in near], margin=margin, standard_error=se)

@@ -1,0 +1,62 @@
+"""Running the notebooks: two at a time, the longest first, each with its own log, and no further one after a
+failure."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _marker_command(tmp_path, name: str, wait_for: str | None = None, code: int = 0) -> list[str]:
+    """A child that prints, marks that it started, optionally waits (up to 60 s) for another's mark, exits."""
+    script = (f"import pathlib, sys, time; d = pathlib.Path({str(tmp_path)!r}); print('hello from {name}'); "
+              f"(d / '{name}.started').touch(); end = time.monotonic() + 60\n"
+              f"while {wait_for is not None} and not (d / '{wait_for}.started').exists() and time.monotonic() < end:"
+              f" time.sleep(0.05)\n"
+              f"sys.exit({code} if {wait_for is None} or (d / '{wait_for}.started').exists() else 9)")
+    return [sys.executable, "-c", script]
+
+
+def test_parallel_notebook_runs_overlap_and_log_each_output(tmp_path):
+    from mbkit.study.reproduce import run_parallel
+    # each child finishes only once the other has started: with 2 jobs both run at once
+    waits = {"a": "b", "b": "a", "c": None}
+    run_parallel(["a", "b", "c"], 2, lambda n: _marker_command(tmp_path, n, waits[n]), tmp_path)
+    for name in waits:
+        assert (tmp_path / f"{name}.log").read_text().strip() == f"hello from {name}"
+
+
+def test_parallel_runs_start_the_longest_notebooks_first(tmp_path):
+    from mbkit.study.reproduce import longest_first
+    for stem, seconds in {"03_short": [1.5, 2.0], "04_long": [10.0, 0.5], "05_mid": [4.0]}.items():
+        rows = "".join(f"m,{s}\n" for s in seconds)
+        (tmp_path / f"{stem}_runs.csv").write_text("method,train_seconds\n" + rows)
+    stems = ["01_none", "02_none", "03_short", "04_long", "05_mid"]
+    assert longest_first(stems, tmp_path) == ["04_long", "05_mid", "03_short", "01_none", "02_none"]
+
+
+def test_a_command_that_cannot_start_stops_the_others_and_closes_every_log(tmp_path, monkeypatch):
+    from mbkit.study import reproduce
+    opened = []
+
+    def tracked_open(*args, **kwargs):
+        opened.append(open(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(reproduce, "open", tracked_open, raising=False)
+    commands = {"waits": _marker_command(tmp_path, "waits", wait_for="never"), "missing": [str(tmp_path / "nope")]}
+    with pytest.raises(FileNotFoundError):
+        reproduce.run_parallel(["waits", "missing"], 2, commands.__getitem__, tmp_path)
+    assert [Path(f.name).name for f in opened] == ["waits.log", "missing.log"]
+    assert all(f.closed for f in opened)
+
+
+def test_a_failed_notebook_run_stops_the_rest_and_names_its_log(tmp_path):
+    from mbkit.study.reproduce import run_parallel
+    codes = {"ok": 0, "bad": 3, "later": 0}
+    with pytest.raises(RuntimeError, match=r"bad failed \(see .*bad\.log\); not started: later"):
+        run_parallel(["ok", "bad", "later"], 1, lambda n: _marker_command(tmp_path, n, code=codes[n]), tmp_path)
+    assert (tmp_path / "ok.started").exists() and (tmp_path / "bad.started").exists()
+    assert not (tmp_path / "later.log").exists()
