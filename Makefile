@@ -10,14 +10,14 @@ EXECUTED  := build/executed
 # --durations: each pass ends with its slowest items (notebook cells, the browser and Ray tests), so a slower
 # `make test` shows where its time went.
 PYTEST    := $(BIN)/python -m pytest -p no:cacheprovider --nbval --nbval-current-env --durations=12 --durations-min=10
-# The locked environment (README): requirements/lock.txt pins every package for Python 3.11 on Linux,
+# The locked environment (docs/reproducibility.md): requirements/lock.txt pins every package for Python 3.11 on Linux,
 # macOS and Windows; `make lock` regenerates it with this uv.
 LOCK      := requirements/lock.txt
 UV_VERSION := 0.13.9
 UV        := $(VENV)/uv/bin/uv
 
 # CPU code paths pinned for `reproduce`, `notebooks` and `test`, so that x86 hosts with AVX2 run the
-# same float kernels (README, "Reproducibility"): MKL's AVX2 path, ATen's AVX2 kernels, oneDNN up to
+# same float kernels (docs/reproducibility.md): MKL's AVX2 path, ATen's AVX2 kernels, oneDNN up to
 # AVX2, one thread (this model gains nothing from more; a thread count changes reduction order).
 # Elsewhere (ARM, other ISAs) only the thread count is pinned.
 ifeq ($(shell uname -m),x86_64)

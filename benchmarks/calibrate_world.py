@@ -1,6 +1,6 @@
 """How hard is the built-in world? Vanilla's test NDCG@10 against the popularity floor, for the default
 generator constants and for others given on the command line (the measurement behind the difficulty
-constants of `mbkit.data.synthetic`; issue 9). Each run trains up to `--epochs` epochs and keeps the best
+constants of `mbkit.data.synthetic`). Each run trains up to `--epochs` epochs and keeps the best
 validation epoch.
 
     .venv/bin/python benchmarks/calibrate_world.py --seeds 0 1 2

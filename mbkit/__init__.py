@@ -13,7 +13,7 @@ utilities <- data <- method <- training <- study <- command line:
     mbkit.study       grids of runs (local or Ray), statistics, reproduction checks, plots, notebook helpers
     mbkit.cli         `python -m mbkit {data,train,grid,reproduce}`
 
-A run in five lines:
+A run on a small built-in world:
 
     >>> import mbkit
     >>> stats, data = mbkit.DataConfig(synthetic_size=(3000, 1000), min_user_items=5,

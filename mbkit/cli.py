@@ -149,6 +149,8 @@ def _parser() -> argparse.ArgumentParser:
                    "(default 1; `make reproduce` uses 2, one per core)")
     r.add_argument("--update-notebooks", action="store_true",
                    help="afterwards, copy the executed notebooks over notebooks/ (maintainers, before a commit)")
+    r.add_argument("--keep-readme", action="store_true",
+                   help="do not rewrite README.md's results block from results/ afterwards (the default rewrites it)")
     return root
 
 
@@ -248,12 +250,16 @@ def _run_grid(args: argparse.Namespace, p: dict) -> None:
 
 
 def _reproduce(args: argparse.Namespace) -> None:
+    from mbkit.provenance import ROOT
+    from mbkit.study.headline import update_readme
     from mbkit.study.reproduce import run_notebooks, store_executed
 
     run_notebooks(args.params, args.out, only=args.only, jobs=args.jobs)
     if args.update_notebooks:
         for path in store_executed(args.out):
             print(f"updated {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
+    if not args.keep_readme and (ROOT / "README.md").is_file() and update_readme(ROOT / "README.md"):
+        print("updated README.md's results block from results/")
 
 
 def _message(e: BaseException) -> str:

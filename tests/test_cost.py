@@ -34,7 +34,6 @@ def test_every_method_is_timed_in_turns_from_its_own_steps(data, monkeypatch):
     out = cost.step_times(data, METHODS, TINY, steps=4, warmup=1)
     assert list(out.index) == ["Vanilla", "MB", "Uncertainty"]
     assert out.loc["Vanilla", "time per step / Vanilla"] == 1.0 and (out["ms_per_step"] > 0).all()
-    assert ((out["ms_per_step"] <= out["median"]) & (out["median"] <= out["q75"])).all()
     assert len(calls) == 3 * 5
     # turns: every round has one step of each method, the first method of a round rotates
     rounds = [calls[i:i + 3] for i in range(0, 15, 3)]

@@ -163,9 +163,20 @@ def test_papermill_sees_every_assignment_of_each_parameters_cell():
 
 def test_readme_python_example_runs(capsys):
     readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Using mbkit from Python", 1)[1]
+    section = readme.split("## Using mbkit", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("MetaBalance (r=0.7) 0.")
-    assert out[1].startswith("[(64, 32), (32,)]")
+    assert out[0].startswith("MetaBalance (r=0.7) ['ndcg@10', 'ndcg@20', 'precision@10'")
+    assert out[1] == "[(64, 32), (32,)]"
+
+
+def test_readme_results_are_generated_from_the_records():
+    """The README's results block is what `mbkit.study.headline` makes of results/ (`make reproduce` rewrites it):
+    a number typed into it, or a record changed without it, fails here."""
+    from mbkit.study.headline import END, START, block, headline
+
+    readme = (ROOT / "README.md").read_text()
+    assert readme.count(START) == 1 and readme.count(END) == 1
+    written = readme[readme.index(START): readme.index(END) + len(END)]
+    assert written == block(headline(ROOT / "results")), "run `make reproduce` (or mbkit.study.headline.update_readme())"

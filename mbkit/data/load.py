@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +18,7 @@ from mbkit.data.read import (PolarsError, bad_rows, check_last_line, classify, c
 from mbkit.data.schema import BEHAVIORS, COLUMNS, DEFAULT_FILTER_MODE, FILTER_MODES, FORMAT, STATS_COLUMNS, FilterMode
 from mbkit.data.split import TaskData, build_task_data
 from mbkit.data.synthetic import synthesize
+from mbkit.utils import setting
 
 _PART_ROWS = 5_000_000  # rows per staged IPC file; each is memory-mapped only while it is scanned
 
@@ -133,21 +134,19 @@ class DataConfig:
     """Where a run's data come from and how they are filtered and split: the arguments of `load_filtered`
     and `build_task_data`, defined once (the command line's data flags are generated from these fields)."""
 
-    data: str = field(default="synthetic", metadata={
-        "help": "'synthetic' (the built-in world) or the path of UserBehavior.csv (or its .zip / .csv.gz)"})
-    target: str = field(default="buy", metadata={
-        "help": "the target behavior; the other behaviors present become auxiliary tasks", "choices": BEHAVIORS})
-    filter_mode: str = field(default=DEFAULT_FILTER_MODE, metadata={
-        "help": "'once': the 10/10 thresholds computed once on the raw log; 'kcore': iterated to a fixed point",
-        "choices": FILTER_MODES})
-    min_user_items: int = field(default=10, metadata={"help": "users keep >= this many distinct purchased items"})
-    min_item_users: int = field(default=10, metadata={"help": "items keep >= this many distinct buyers"})
-    skip_bad_rows: bool = field(default=False, metadata={
-        "help": "skip malformed rows of the log (their count is reported) instead of refusing the file"})
-    split_seed: int = field(default=0, metadata={"help": "seed of the 70/15/15 purchase split"})
-    synthetic_size: tuple[int, int] | None = field(default=None, metadata={
-        "help": "USERS ITEMS: the built-in world's size before the filter (none: 30000 10000)",
-        "metavar": ("USERS", "ITEMS")})
+    data: str = setting("synthetic", "'synthetic' (the built-in world) or the path of UserBehavior.csv (or its "
+                        ".zip / .csv.gz)")
+    target: str = setting("buy", "the target behavior; the other behaviors present become auxiliary tasks",
+                          choices=BEHAVIORS)
+    filter_mode: str = setting(DEFAULT_FILTER_MODE, "once: the 10/10 thresholds computed once on the raw log; "
+                               "kcore: iterated to a fixed point", choices=FILTER_MODES)
+    min_user_items: int = setting(10, "users keep >= this many distinct purchased items")
+    min_item_users: int = setting(10, "items keep >= this many distinct buyers")
+    skip_bad_rows: bool = setting(False, "skip malformed rows of the log (their count is reported) instead of "
+                                  "refusing the file")
+    split_seed: int = setting(0, "seed of the 70/15/15 purchase split")
+    synthetic_size: tuple[int, int] | None = setting(None, "USERS ITEMS: the built-in world's size before the "
+                                                     "filter (none: 30000 10000)", metavar=("USERS", "ITEMS"))
 
     def __post_init__(self) -> None:
         """Everything that can be checked before the log is read (reading the real log takes a minute)."""

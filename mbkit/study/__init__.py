@@ -13,4 +13,5 @@
     plots          deterministic figures
     notebook       what the notebooks share: where their outputs go
     reproduce      run the notebooks with papermill
+    headline       the README's results block, generated from results/
 """

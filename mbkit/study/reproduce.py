@@ -75,7 +75,7 @@ def run_notebooks(params_file: str | Path, out_dir: str | Path = "build/executed
     if jobs > 1 and len(chosen) > 1:
         def command(stem: str) -> list[str]:
             return [sys.executable, "-m", "mbkit", "reproduce", "--params", str(Path(params_file).resolve()),
-                    "--out", str(out), "--only", stem]
+                    "--out", str(out), "--only", stem, "--keep-readme"]
         run_parallel(longest_first([nb.stem for nb in chosen]), jobs, command, out)
         return
     for nb in chosen:

@@ -19,13 +19,15 @@ UNRESOLVED = "no resolvable difference"
 
 
 def paired_change(runs: pd.DataFrame, baseline: str = "Vanilla", metric: str = "test_ndcg@10",
-                  by: Iterable[str] = (), level: float = 0.95) -> pd.DataFrame:
+                  by: Iterable[str] = (), level: float = 0.95, power: float = 0.8) -> pd.DataFrame:
     """Each method's change over `baseline` (within each group of `by`, if any), paired by seed.
 
     One row per (group, method other than the baseline): `n_seeds`, the baseline's mean, the mean
     difference d, its t-interval d ± t_{n-1} · sd / sqrt(n) at `level` (`ci_low`, `ci_high`), the same in
-    percent of the baseline's mean, and the paired t-test's `t` and `p_value` (scipy's `ttest_rel`; NaN
-    with fewer than two seeds or when the differences have no spread).
+    percent of the baseline's mean, the paired t-test's `t` and `p_value` (scipy's `ttest_rel`; NaN with
+    fewer than two seeds or when the differences have no spread), and `detectable`: the smallest true
+    change that this design (these seeds, this paired spread) detects with probability `power` at `level`,
+    (t_{1-a/2, n-1} + t_{power, n-1}) · sd / sqrt(n) with a = 1 - level (also in percent of the baseline).
     """
     by = list(by)
     rows = []
@@ -40,6 +42,7 @@ def paired_change(runs: pd.DataFrame, baseline: str = "Vanilla", metric: str = "
             d = (a - b).to_numpy(float)
             n = len(d)
             half = float(stats.t.ppf(0.5 + level / 2, n - 1) * d.std(ddof=1) / np.sqrt(n)) if n > 1 else np.nan
+            detectable = float(stats.t.ppf(power, n - 1) * d.std(ddof=1) / np.sqrt(n)) + half if n > 1 else np.nan
             t, p = stats.ttest_rel(a, b) if n > 1 and d.std(ddof=1) > 1e-12 else (np.nan, np.nan)
             scale = 100.0 / float(b.mean())
             mean = float(d.mean())
@@ -47,7 +50,8 @@ def paired_change(runs: pd.DataFrame, baseline: str = "Vanilla", metric: str = "
                          "n_seeds": n, "baseline_mean": float(b.mean()), "mean_diff": mean,
                          "ci_low": mean - half, "ci_high": mean + half, "change_pct": mean * scale,
                          "ci_low_pct": (mean - half) * scale, "ci_high_pct": (mean + half) * scale,
-                         "t": float(t), "p_value": float(p)})
+                         "t": float(t), "p_value": float(p), "detectable": detectable,
+                         "detectable_pct": detectable * scale})
     return pd.DataFrame(rows)
 
 
