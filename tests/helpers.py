@@ -17,7 +17,8 @@ TINY = TrainConfig(epochs=2, batch_size=512, emb_dim=8, mlp_layers=(8, 4), tower
                    progress=False)
 
 
-def random_grads(k: int = 4, seed: int = 0, dtype=torch.float32, device="cpu", aligned: bool = False) -> list[torch.Tensor]:
+def random_grads(k: int = 4, seed: int = 0, dtype=torch.float32, device="cpu",
+                 aligned: bool = False) -> list[torch.Tensor]:
     """Per-task gradients of three shared tensors, task magnitudes 1, 10, 0.1, 3 (imbalanced), with
     conflicts in every tensor and in the flattened vector unless `aligned` (then all dot products > 0)."""
     g = torch.Generator().manual_seed(seed)

@@ -39,13 +39,7 @@ IDS = [m + "".join(f"-{k}={v}" for k, v in kw.items()) for m, kw in CONFIGS]
 with_configs = pytest.mark.parametrize("name, kwargs", CONFIGS, ids=IDS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """K x K arithmetic on tiny tensors: OpenMP threads only add overhead (a lot on a shared machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _differs(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:

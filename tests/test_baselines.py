@@ -43,13 +43,7 @@ needs_torchjd = pytest.mark.skipif(tjd is None, reason="torchjd (test extra) is 
 scipy_optimize = pytest.importorskip("scipy.optimize", reason="scipy is needed for the exact reference solvers")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """K x K arithmetic on tiny tensors: OpenMP threads only add overhead (a lot on a shared machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 from helpers import losses_of, random_grads

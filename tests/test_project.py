@@ -179,4 +179,4 @@ def test_readme_results_are_generated_from_the_records():
     readme = (ROOT / "README.md").read_text()
     assert readme.count(START) == 1 and readme.count(END) == 1
     written = readme[readme.index(START): readme.index(END) + len(END)]
-    assert written == block(headline(ROOT / "results")), "run `make reproduce` (or mbkit.study.headline.update_readme())"
+    assert written == block(headline(ROOT / "results")), "run `make reproduce` (or study.headline.update_readme())"
