@@ -11,8 +11,7 @@ current run except in `RESUMABLE_CHANGES`.
 `improved` and `exhausted` are the early-stopping rule, the one that `fit` applies, that a resumed run
 re-applies and that `check_resume` replays on a checkpoint's history (`stopping_epoch`).
 
-`claim_run_dir` is the rule for output folders: a folder that already holds a run is refused unless the
-run resumes from it or `overwrite=True` (which first removes the old run's files).
+What may write into a run's folder is `mbkit.rundir`'s.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import math
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +37,6 @@ RESUMABLE_CHANGES: frozenset[str] = frozenset(
     {"epochs", "patience", "progress", "device", "eval_batch_users", "nan_check_every", "test_mask"})
 # Settings added after runs were recorded without them: such a run behaved as the value given here.
 LATER_SETTINGS: dict[str, Any] = {"test_mask": "train"}
-RUN_FILES: tuple[str, ...] = ("last.pt", "nonfinite.pt", "metrics.json", "history.csv", "diagnostics.csv")
 _CHECKPOINT_KEYS = frozenset({"schema", "config", "fingerprint", "code", "resumes", "epoch", "resumable",
                               "model", "optimizers", "balancer", "sampler_rng", "torch_rng", "cuda_rng",
                               "history", "best", "diagnostics"})
@@ -49,16 +46,13 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be read, or belongs to another run; the message says what to do."""
 
 
-class RunDirError(ValueError):
-    """An output folder is not usable for a run (a file, or another run's folder)."""
-
-
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def data_fingerprint(data: Any) -> dict[str, Any]:
-    """Identity of a `TaskData`: where it came from (source, filter, split seed) and what it holds.
+    """Identity of a `TaskData`: how it was made (filter, split seed) and what it holds, with where it was read
+    from and what the reader skipped or found outside the log's window as information (`INFORMATION`).
 
     The hash covers the held-out (valid, test) pairs and the training positives with their labels, in raw
     ids when known, so two splits of the same log, or two filters, never share a fingerprint.
@@ -92,6 +86,7 @@ def data_fingerprint(data: Any) -> dict[str, Any]:
         "valid_pairs": int(data.valid_csr.indices.numel()),
         "test_pairs": int(data.test_csr.indices.numel()),
         "sha256": h.hexdigest(),
+        "rows": meta.get("rows"),
     }
 
 
@@ -114,9 +109,15 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[s
             if saved.get(k) != current.get(k)}
 
 
-def _fingerprint_differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    # Sizes and sources first: they say more than the hash that follows from them.
-    keys = [k for k in current if k != "sha256"] + ["sha256"]
+# Fingerprint entries kept with a run as information, not as its identity: the same pairs read from another
+# path (or from a byte-identical copy) are the same data.
+INFORMATION: frozenset[str] = frozenset({"source", "rows"})
+
+
+def fingerprint_differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{entry: (saved, current)} for every entry of two data fingerprints that identifies the data and differs:
+    sizes, filter and split first (they say more than the hash that follows from them), the hash last."""
+    keys = [k for k in current if k not in INFORMATION and k != "sha256"] + ["sha256"]
     return {k: (saved.get(k), current.get(k)) for k in keys if _plain(saved.get(k)) != _plain(current.get(k))}
 
 
@@ -267,7 +268,7 @@ def check_resume(ckpt: dict[str, Any], config: dict[str, Any], fingerprint: dict
                               f"epochs={config['epochs']} asked for; ask for at least {ckpt['epoch']} epochs, or "
                               "start a new run in another folder without --resume")
     if fingerprint is not None:
-        data_changed = _fingerprint_differences(ckpt["fingerprint"], fingerprint)
+        data_changed = fingerprint_differences(ckpt["fingerprint"], fingerprint)
         if data_changed:
             k, (old, new) = next(iter(data_changed.items()))
             what = "its held-out and training pairs differ" if k == "sha256" else f"{k}={old!r} there, {new!r} here"
@@ -281,35 +282,3 @@ def resume_entry(ckpt: dict[str, Any], changed: dict[str, tuple[Any, Any]], sour
     """One line of a run's resume history."""
     return {"from_epoch": int(ckpt["epoch"]), "checkpoint": str(source), "at": _now(),
             "changed": {k: list(v) for k, v in changed.items()}, **code_version()}
-
-
-def holds_run(folder: Path) -> list[str]:
-    return [f for f in RUN_FILES if (folder / f).exists()]
-
-
-def claim_run_dir(out: str | Path, *, resume: str | Path | None = None, overwrite: bool = False,
-                  clear: bool = True, flag: str = "checkpoint_dir") -> Path:
-    """Check (and with `overwrite`, clear) an output folder before a run writes into it.
-
-    A folder that holds another run's files is refused unless `resume` lies in it or `overwrite=True`,
-    which removes that run's files first (unless `clear=False`: a check only, e.g. before the data are
-    read), so that an interrupted overwrite never leaves the old record beside the new checkpoint.
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"{flag} {out} is a file, not a folder; name a folder (it is created if missing)")
-    found = holds_run(out) if out.is_dir() else []
-    if not found:
-        return out
-    if resume is not None and Path(resume).resolve().parent == out.resolve():
-        return out
-    if not overwrite:
-        what = "--overwrite" if flag == "--out" else "overwrite=True"
-        raise RunDirError(f"{flag} {out} already holds a run ({', '.join(found)}); resume it (its last.pt), "
-                          f"pick another folder, or pass {what} to replace it")
-    if not clear:
-        return out
-    for name in found:
-        p = out / name
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-    return out

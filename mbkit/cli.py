@@ -161,8 +161,22 @@ def _data(args: argparse.Namespace) -> None:
         print(f"rows dated outside the log's 9 days (kept): {stats.attrs['out_of_window_rows']:,}")
 
 
+def _rows_line(data) -> str | None:
+    """What the reader counted and kept or skipped, in words (None when there is nothing to say)."""
+    rows = (data.meta or {}).get("rows") or {}
+    parts = []
+    if rows.get("outside_window"):
+        parts.append(f"{rows['outside_window']:,} rows dated outside the log's 9 days (kept)")
+    if rows.get("skipped"):
+        parts.append(f"{rows['skipped']:,} malformed rows skipped")
+    return f"data {data.meta.get('source')}: " + ", ".join(parts) if parts else None
+
+
 def _train(args: argparse.Namespace) -> None:
-    from mbkit.checkpoint import check_resume, claim_run_dir, load_checkpoint
+    from mbkit.checkpoint import check_resume, load_checkpoint
+    from mbkit.rundir import claim_run_dir, lock_run_dir, probe_run_dir
+    from mbkit.study.methods import Method
+    from mbkit.study.runs import run_name
     from mbkit.train import fit
     from mbkit.utils import resolve_device
 
@@ -173,14 +187,19 @@ def _train(args: argparse.Namespace) -> None:
     resolve_device(config.device)  # e.g. cuda on a machine without a GPU
     if args.resume is not None:
         check_resume(load_checkpoint(args.resume), dataclasses.asdict(config), None, args.resume)
-    default_out = Path(args.resume).parent if args.resume else Path(f"runs/{args.balancer}-seed{args.seed}")
-    out = Path(args.out or default_out)
-    claim_run_dir(out, resume=args.resume, overwrite=args.overwrite, clear=False, flag="--out")  # cleared by fit
-    _, data = data_config.load(config.device)
-    result = fit(data, config, checkpoint_dir=out, resume=args.resume, overwrite=args.overwrite)
-    result.save(out)
+    default = Path("runs") / run_name(Method("", config.balancer, config.balancer_kwargs), config.seed)
+    out = Path(args.out or (Path(args.resume).parent if args.resume else default))
+    probe_run_dir(out, flag="--out")
+    with lock_run_dir(out, flag="--out"):  # held until the run ends: a second run on this folder fails at once
+        claim_run_dir(out, resume=args.resume, overwrite=args.overwrite, clear=False, flag="--out")
+        _, data = data_config.load(config.device)
+        if (line := _rows_line(data)) is not None:
+            print(line, file=sys.stderr)
+        result = fit(data, config, checkpoint_dir=out, resume=args.resume, overwrite=args.overwrite)
+        result.save(out)
     print(json.dumps({"label": result.label, "best_epoch": result.best_epoch,
-                      "test": {k: round(v, 4) for k, v in result.test.items()}, "out": str(out)}))
+                      "test": {k: round(v, 4) for k, v in result.test.items()}, "out": str(out),
+                      "rows": data.meta.get("rows")}))
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -239,6 +258,8 @@ def _run_grid(args: argparse.Namespace, p: dict) -> None:
     print(f"{args.notebook}: {len(folders)} runs in {runs_dir.resolve()}: {done} finished (read from their "
           f"records), {part} to resume from a checkpoint, {len(folders) - done - part} to train", flush=True)
     _, data = data_config.load(p["device"])
+    if (line := _rows_line(data)) is not None:
+        print(line, flush=True)
     progress = False if args.progress == "off" else args.progress
     runs = run_grid(data, methods, seeds, base, runs_dir=runs_dir, progress=progress,
                     **dataclasses.asdict(executor))

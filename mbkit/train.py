@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -25,14 +26,16 @@ import pandas as pd
 import torch
 
 from mbkit import balancers as _balancers
-from mbkit.checkpoint import (RunState, check_resume, claim_run_dir, data_fingerprint, exhausted, improved,
-                              load_checkpoint, resume_entry)
+from mbkit import diagnostics
+from mbkit.checkpoint import (RunState, check_resume, data_fingerprint, exhausted, improved, load_checkpoint,
+                              resume_entry)
 from mbkit.data.split import TaskData
-from mbkit.grads import MODES, GradEngine, grad_stats
+from mbkit.grads import MODES, GradEngine
 from mbkit.metrics import MASKS, evaluate, metric_keys
 from mbkit.model import ModelConfig, SharedBottomNeuMF
 from mbkit.optim import make_optimizers
 from mbkit.provenance import write_json
+from mbkit.rundir import Replaced, claim_run_dir, lock_run_dir
 from mbkit.utils import (atomic_write, check_progress, make_generator, progress_bar, resolve_device,
                          seed_everything, setting)
 
@@ -186,32 +189,6 @@ def _check_finite(pending: list[torch.Tensor], first_step: int, epoch: int, task
             f"or turn amp off")
 
 
-def _diagnostic_rows(step: int, epoch: int, tg: Any,
-                     weights: list[torch.Tensor | None] | None) -> dict[str, torch.Tensor]:
-    norms, cos = grad_stats(tg)  # (J, K) each
-    ratio = norms / norms[:, :1].clamp_min(torch.finfo(norms.dtype).tiny)
-    w = torch.full_like(norms, float("nan"))
-    if weights is not None:
-        for j, wj in enumerate(weights):
-            if wj is not None:
-                w[j] = wj.to(w)
-    return {"step": torch.tensor(step), "epoch": torch.tensor(epoch), "norm": norms.detach(),
-            "ratio": ratio.detach(), "cosine": cos.detach(), "weight": w.detach()}
-
-
-def _diagnostics_frame(samples: list[dict[str, torch.Tensor]], names: list[str],
-                       tasks: tuple[str, ...]) -> pd.DataFrame:
-    rows = []
-    for s in samples:
-        norm, ratio, cos, w = (s[k].float().cpu() for k in ("norm", "ratio", "cosine", "weight"))
-        for j, name in enumerate(names):
-            for k, task in enumerate(tasks):
-                rows.append({"step": int(s["step"]), "epoch": int(s["epoch"]), "tensor": name, "task": task,
-                             "norm": float(norm[j, k]), "ratio_to_target": float(ratio[j, k]),
-                             "cosine_to_target": float(cos[j, k]), "weight": float(w[j, k])})
-    return pd.DataFrame(rows)
-
-
 def make_balancer(config: TrainConfig) -> Any:
     kwargs = dict(config.balancer_kwargs)
     if "seed" in _balancers.accepted_kwargs(config.balancer):  # PCGrad's task order follows the run's seed
@@ -289,11 +266,34 @@ def _train_epoch(run: RunState, data: TaskData, engine: GradEngine, config: Trai
         losses, tg = train_step(run, engine, users, items, labels, per_task=per_task, amp=amp,
                                 check=lambda losses: guard.add(losses, step, epoch, run))
         if want_diag:
-            run.diagnostics.append(_diagnostic_rows(step, epoch, tg, getattr(run.balancer, "last_weights", None)))
+            run.diagnostics.append(diagnostics.sample(step, epoch, tg, getattr(run.balancer, "last_weights", None)))
         loss_sum += losses.float()
         step += 1
     guard.flush(step - len(guard.pending), epoch, run)
     return step, loss_sum
+
+
+def check_data(data: TaskData, config: TrainConfig) -> None:
+    """What the data must hold for `config` to train and be evaluated, checked before any step: purchases in
+    both held-out splits, enough items for the largest K, an auxiliary task for a balancer to balance."""
+    for split in ("valid", "test"):
+        if data.eval_users(split).numel() == 0:
+            raise ValueError(f"the {split} split holds no {data.target!r} pair, so no epoch can be evaluated; use a "
+                             "larger log, lower the filter thresholds or change the split fractions")
+    k = max(int(key.split("@")[1]) for key in METRIC_KEYS)
+    if data.n_items < k:
+        raise ValueError(f"the data have {data.n_items} items, fewer than the K={k} of the metrics every epoch "
+                         "reports (NDCG@20, Recall@20); use a log with more items or lower the filter thresholds")
+    if len(data.tasks) == 1 and config.balancer not in ("vanilla", "single_task"):
+        raise ValueError(f"the data have one task ({data.target!r}) and no auxiliary behavior, so {config.balancer!r} "
+                         "has nothing to balance and would train as Vanilla; train balancer='vanilla', or use a log "
+                         "with auxiliary behaviors")
+    positives = data.labels.sum(0).tolist()
+    for task, n in zip(data.tasks[1:], positives[1:]):
+        if n == 0:
+            warnings.warn(f"auxiliary task {task!r} has no training positive (its pairs are all held-out purchases, "
+                          "or there are none): its tower learns negatives only and adds nothing but noise to the "
+                          "shared layers", stacklevel=3)
 
 
 def fit(data: TaskData, config: TrainConfig | None = None, *, checkpoint_dir: str | Path | None = None,
@@ -301,28 +301,38 @@ def fit(data: TaskData, config: TrainConfig | None = None, *, checkpoint_dir: st
         on_epoch: Callable[[int, int], None] | None = None) -> FitResult:
     """Train with `config.balancer`, evaluate on validation every epoch, return the best epoch's metrics.
 
-    `checkpoint_dir` receives `last.pt` after every epoch (and `nonfinite.pt` if a loss turns NaN); a
-    folder that already holds a run is refused unless `resume` lies in it or `overwrite=True`. `resume`
+    `checkpoint_dir` receives `last.pt` after every epoch (and `nonfinite.pt` if a loss turns NaN); the run
+    holds the folder's lock throughout (`mbkit.rundir`), so a second run there fails at once. A folder that
+    already holds a run is refused unless `resume` lies in it or `overwrite=True`, which sets the old run
+    aside until this run's first checkpoint exists (and puts it back if this run fails before). `resume`
     continues from such a checkpoint and reproduces the uninterrupted run on CPU; it is refused when the
     checkpoint's configuration (except `RESUMABLE_CHANGES`) or data fingerprint differ from this run's.
     `on_epoch(epoch, epochs)` is called after every completed epoch (e.g. by a grid's progress bar).
     """
     config = config or TrainConfig()
-    cfg = dataclasses.asdict(config)
     ckpt = load_checkpoint(resume) if resume is not None else None
     if ckpt is not None:
-        check_resume(ckpt, cfg, None, resume)  # configuration first: no data work for a wrong checkpoint
-    if checkpoint_dir is not None:
-        claim_run_dir(checkpoint_dir, resume=resume, overwrite=overwrite)
+        check_resume(ckpt, dataclasses.asdict(config), None, resume)  # no data work for a wrong checkpoint
+    if checkpoint_dir is None:
+        return _fit(data, config, ckpt, resume, None, None, on_epoch)
+    with lock_run_dir(checkpoint_dir):
+        replaced = claim_run_dir(checkpoint_dir, resume=resume, overwrite=overwrite)
+        try:
+            return _fit(data, config, ckpt, resume, Path(checkpoint_dir), replaced, on_epoch)
+        finally:
+            if replaced is not None:
+                replaced.done() if (Path(checkpoint_dir) / "last.pt").exists() else replaced.undo()
+
+
+def _fit(data: TaskData, config: TrainConfig, ckpt: dict[str, Any] | None, resume: str | Path | None,
+         checkpoint_dir: Path | None, replaced: Replaced | None,
+         on_epoch: Callable[[int, int], None] | None) -> FitResult:
     device = resolve_device(config.device)
     if data.device != device:
         data = data.to(device)
-    for split in ("valid", "test"):
-        if data.eval_users(split).numel() == 0:
-            raise ValueError(f"the {split} split holds no {data.target!r} pair, so no epoch can be evaluated; use a "
-                             "larger log, lower the filter thresholds or change the split fractions")
+    check_data(data, config)
     fingerprint = data_fingerprint(data)
-    changed = check_resume(ckpt, cfg, fingerprint, resume) if ckpt is not None else {}
+    changed = check_resume(ckpt, dataclasses.asdict(config), fingerprint, resume) if ckpt is not None else {}
 
     run, engine = new_run(data, config, device, fingerprint)
     model = run.model
@@ -368,7 +378,9 @@ def fit(data: TaskData, config: TrainConfig | None = None, *, checkpoint_dir: st
             else:
                 run.best["stale"] += 1
             if checkpoint_dir is not None:
-                run.save(Path(checkpoint_dir) / "last.pt")
+                run.save(checkpoint_dir / "last.pt")
+                if replaced is not None:  # the new run has a checkpoint: the old one may go
+                    replaced.done()
             if bar is not None:
                 bar.update(1)
             if on_epoch is not None:
@@ -384,7 +396,7 @@ def fit(data: TaskData, config: TrainConfig | None = None, *, checkpoint_dir: st
         model.load_state_dict(best["weights"])
     test = evaluate(model, data, "test", batch_users=config.eval_batch_users, mask=config.test_mask)
     return FitResult(history=pd.DataFrame(run.history), best_epoch=best["epoch"], valid=best["valid"], test=test,
-                     diagnostics=(_diagnostics_frame(run.diagnostics, names, data.tasks)
+                     diagnostics=(diagnostics.frame(run.diagnostics, names, data.tasks)
                                   if config.diagnostics_every else None),
                      config=config, device=str(device), train_seconds=train_seconds, model=model,
                      label=str(run.balancer), fingerprint=fingerprint, resumes=run.resumes, code=run.code)

@@ -21,7 +21,7 @@ LAYERS = [
     ("data", ("mbkit.data",)),
     ("method", ("mbkit.model", "mbkit.grads", "mbkit.optim", "mbkit.metrics", "mbkit.popularity",
                 "mbkit.balancers")),
-    ("training", ("mbkit.train", "mbkit.checkpoint")),
+    ("training", ("mbkit.train", "mbkit.checkpoint", "mbkit.rundir", "mbkit.diagnostics")),
     ("study", ("mbkit.study",)),
     ("command line", ("mbkit.cli", "mbkit.__main__")),
     ("public API", ("mbkit",)),

@@ -1,5 +1,4 @@
-"""Runs that cannot lie: the identity of a run, refused resumes, output folders, checkpoint files, the
-patience rule."""
+"""Runs that cannot lie: the identity of a run, refused resumes, checkpoint files, the patience rule."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ import torch
 
 from helpers import TINY
 from mbkit import data as mbd
-from mbkit.checkpoint import RESUMABLE_CHANGES, SCHEMA, CheckpointError, RunDirError, claim_run_dir, load_checkpoint
+from mbkit.checkpoint import RESUMABLE_CHANGES, SCHEMA, CheckpointError, load_checkpoint
 from mbkit.provenance import write_json
 from mbkit.train import TrainConfig, fit
 
@@ -153,45 +152,6 @@ def test_nonfinite_checkpoint_names_last_pt(tmp_path, task_data):
     assert torch.load(tmp_path / "nonfinite.pt", weights_only=True)["resumable"] is False
     with pytest.raises(CheckpointError, match=r"middle of an epoch; resume from the last end-of-epoch checkpoint"):
         load_checkpoint(tmp_path / "nonfinite.pt")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Output folders
-
-
-def test_claim_run_dir_rules(tmp_path):
-    file = tmp_path / "file.txt"
-    file.write_text("x")
-    with pytest.raises(RunDirError, match=r"--out .*file.txt is a file, not a folder"):
-        claim_run_dir(file, flag="--out")
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "metrics.json").write_text("{}")
-    (run / "last.pt").write_bytes(b"x")
-    with pytest.raises(RunDirError, match=r"already holds a run \(last.pt, metrics.json\).*pass --overwrite"):
-        claim_run_dir(run, flag="--out")
-    assert claim_run_dir(run, resume=run / "last.pt") == run and (run / "metrics.json").exists()
-    claim_run_dir(run, overwrite=True, clear=False)  # a check only: nothing removed yet
-    assert (run / "metrics.json").exists()
-    claim_run_dir(run, overwrite=True)
-    assert not list(run.iterdir())
-    assert claim_run_dir(tmp_path / "new") == tmp_path / "new"
-
-
-def test_interrupted_overwrite_leaves_no_mixed_folder(tmp_path, task_data):
-    first = fit(task_data, dataclasses.replace(CFG, epochs=1), checkpoint_dir=tmp_path)
-    first.save(tmp_path)
-    with pytest.raises(RunDirError, match="already holds a run"):
-        fit(task_data, CFG, checkpoint_dir=tmp_path)
-
-    def interrupt(epoch: int, total: int) -> None:
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        fit(task_data, dataclasses.replace(CFG, balancer="pcgrad", balancer_kwargs={}), checkpoint_dir=tmp_path,
-            overwrite=True, on_epoch=interrupt)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # the old record went with the old run
-    assert load_checkpoint(tmp_path / "last.pt")["config"]["balancer"] == "pcgrad"
 
 
 def test_write_json_is_atomic(tmp_path, monkeypatch):

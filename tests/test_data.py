@@ -548,11 +548,12 @@ def test_nan_ids_are_refused(small_filtered):
 def test_task_data_records_where_it_came_from(small_filtered, tmp_path):
     data = build_task_data(small_filtered, seed=4, device="cpu")
     assert data.meta == {"source": None, "filter": {"target": "buy", **FILTER, "mode": "once"}, "split_seed": 4,
-                         "fractions": [0.7, 0.15, 0.15]}
+                         "fractions": [0.7, 0.15, 0.15], "rows": None}  # an in-memory log: nothing was read
     path = tmp_path / "UserBehavior.csv"
     synthesize(**WORLD, path=path)
     _, filtered = load_filtered(path, **FILTER)
-    assert build_task_data(filtered, device="cpu").meta["source"] == str(path)
+    meta = build_task_data(filtered, device="cpu").meta
+    assert meta["source"] == str(path) and meta["rows"] == {"skipped": 0, "outside_window": 0}
     assert data.to("cpu").meta == data.meta
 
 

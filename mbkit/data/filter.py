@@ -7,7 +7,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from mbkit.data.schema import BEHAVIORS, COLUMNS, DEFAULT_FILTER_MODE, FILTER_MODES, STATS_COLUMNS, THESIS_STATS, FilterMode
+from mbkit.data.schema import (BEHAVIORS, COLUMNS, DEFAULT_FILTER_MODE, FILTER_MODES, STATS_COLUMNS, THESIS_STATS,
+                               FilterMode)
 
 
 def check_target(behaviors: set[str], target: str) -> None:
@@ -123,8 +124,8 @@ def filter_log(log: pd.DataFrame, *, target: str = "buy", min_user_items: int = 
     keep = np.isin(log["user_id"].to_numpy(), kept_u) & np.isin(log["item_id"].to_numpy(), kept_i)
     check_not_empty(int(keep.sum()), target, min_user_items, min_item_users, mode)
     out = log.loc[keep].reset_index(drop=True)
-    out.attrs = {"source": log.attrs.get("source"), "filter": filter_settings(target, min_user_items,
-                                                                               min_item_users, mode)}
+    out.attrs = {"source": log.attrs.get("source"), "rows": log.attrs.get("rows"),
+                 "filter": filter_settings(target, min_user_items, min_item_users, mode)}
     return out
 
 

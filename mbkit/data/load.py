@@ -83,12 +83,13 @@ def load_filtered(source: str | os.PathLike = "synthetic", *, target: str = "buy
     file is never materialised: the polars streaming engine parses it once into temporary
     IPC files (about 21 bytes a row, in the system temp directory; `.zip`/`.gz` are first decompressed
     there), then streaming queries over them give the statistics, the distinct `target` pairs and the
-    rows of the surviving users x items (100 M rows: ~40 s, 1.2 GiB peak RSS on 2 busy cores; see
-    benchmarks/read_filter.py). Rows are validated as in `read_userbehavior`, with the same errors and
-    `skip_bad_rows` (raw statistics then count the kept rows). Returns `(stats, filtered_log)`: stats
-    with rows "raw" and "filtered" as `log_stats` gives them, the filtered log as `read_userbehavior` would return it, in file order.
-    Rows dated outside the log's nine days (the published file has some) are kept and counted in
-    `stats.attrs["out_of_window_rows"]`; a file cut mid-line is an error.
+    rows of the surviving users x items (`benchmarks/read_filter.py` measures time and peak memory). Rows
+    are validated as in `read_userbehavior`, with the same errors and `skip_bad_rows` (raw statistics then
+    count the kept rows). Returns `(stats, filtered_log)`: stats with rows "raw" and "filtered" as
+    `log_stats` gives them, the filtered log as `read_userbehavior` would return it, in file order. Rows
+    dated outside the log's nine days (the published file has some) are kept and counted in
+    `stats.attrs["out_of_window_rows"]` and the filtered log's `attrs["rows"]`; a file cut mid-line is an
+    error.
     """
     check_thresholds(min_user_items, min_item_users)
     kw = dict(target=target, mode=mode, min_user_items=min_user_items, min_item_users=min_item_users)
@@ -125,6 +126,7 @@ def load_filtered(source: str | os.PathLike = "synthetic", *, target: str = "buy
     stats.attrs["skipped_rows"] = skipped
     stats.attrs["out_of_window_rows"] = counts["out_of_window"]
     filtered.attrs.update(skipped_rows=skipped, source=str(Path(source)),
+                          rows={"skipped": skipped, "outside_window": counts["out_of_window"]},
                           filter=filter_settings(target, min_user_items, min_item_users, mode))
     return stats, filtered
 

@@ -264,6 +264,7 @@ def read_userbehavior(path: str | os.PathLike, *, skip_bad_rows: bool = False) -
     out = to_pandas(df)
     out.attrs["skipped_rows"] = skipped
     out.attrs["out_of_window_rows"] = int(df.select(out_of_window(pl.col("timestamp"))).item() or 0)
+    out.attrs["rows"] = {"skipped": skipped, "outside_window": out.attrs["out_of_window_rows"]}
     out.attrs["source"] = str(Path(path))
     return out
 

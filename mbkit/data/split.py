@@ -174,7 +174,7 @@ def build_task_data(log: pd.DataFrame, *, target: str = "buy", seed: int = 0,
         test_csr=csr_from_keys(test, n_users, n_items, device),
         user_ids=user_ids, item_ids=item_ids,
         meta={"source": log.attrs.get("source"), "filter": log.attrs.get("filter"), "split_seed": int(seed),
-              "fractions": [float(f) for f in fractions]},
+              "fractions": [float(f) for f in fractions], "rows": log.attrs.get("rows")},
     )
 
 

@@ -135,7 +135,7 @@ def synthesize(n_users: int = 30_000, n_items: int = 10_000, seed: int = 0,
     Ids are scattered over the real log's ranges (users 1..n_users, items and categories up to ~5.16 M).
     Returns the rows sorted by (user_id, timestamp); with `path` (.csv, .csv.gz or .zip) also writes them
     in the published format (no header). The default (seed 0) has 2.18 M rows (30,000 users, 10,000
-    items) and takes ~2 s; the default filter leaves 991 users, 1,039 items and 9,235 purchases (real
+    items); the default filter leaves 991 users, 1,039 items and 9,235 purchases (real
     filtered log: 16,012 / 24,608 / 87,179).
     """
     if n_items < n_categories or min(n_users, n_categories, dim) < 1:

@@ -121,7 +121,8 @@ def raise_failures(table: pd.DataFrame, what: str) -> str:
         lines.append("A code change moved the results beyond the seed spread: find it, or if the change is "
                      "intended, re-run `make notebooks` and commit the new results.")
         raise ReproductionError("\n".join(lines))
-    return f"all {len(table)} {what} within their bands (largest |diff|/band: {float((table['diff'] / table['band']).max()):.2f})"
+    worst = float((table["diff"] / table["band"]).max())
+    return f"all {len(table)} {what} within their bands (largest |diff|/band: {worst:.2f})"
 
 
 def against_committed(name: str, params: Mapping[str, Any], compare) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from mbkit.checkpoint import config_differences, data_fingerprint
+from mbkit.checkpoint import data_fingerprint, fingerprint_differences
 from mbkit.provenance import read_json
 from mbkit.study.runs import LOG, finished_line, run_log, run_name, train_one
 from mbkit.utils import progress_bar
@@ -39,8 +39,8 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise ImportError("executor='ray' needs Ray, which is not installed here: pip install 'mbkit[ray]' "
-                          "(or `pip install -r requirements/lock.txt`, which pins it); or use executor='local'") from None
+        raise ImportError("executor='ray' needs Ray, which is not installed here: pip install 'mbkit[ray]' (or "
+                          "`pip install -r requirements/lock.txt`, which pins it); or use executor='local'") from None
     return ray
 
 
@@ -106,7 +106,7 @@ def run_task(data: Any, fingerprint: dict[str, Any], method: Any, seed: int, cfg
             print("== finished by another process; its record is read")
             return read_json(path / "metrics.json")
         mine = data_fingerprint(data)
-        if config_differences(mine, fingerprint):
+        if fingerprint_differences(mine, fingerprint):
             raise ValueError(f"this worker's data (sha256 {mine['sha256'][:12]}) differ from the grid's "
                              f"(sha256 {fingerprint['sha256'][:12]}); the run was refused")
         summary = train_one(data, method, seed, cfg, path, None, None, "")

@@ -1,6 +1,6 @@
 """One run of a grid in its own folder: its name, its record (reused when the code, settings and data are
 the same), its `run.log` (one header per attempt: time, host, threads, GPU; the traceback of a failure; a
-last line when it finishes) and the folder's lock while it trains. Both executors of
+last line when it finishes) and the folder's lock while it trains (`mbkit.rundir.lock_run_dir`). Both executors of
 `mbkit.study.grid.run_grid` train a run through `train_one`."""
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from typing import Any, Iterator
 
 import torch
 
-from mbkit.checkpoint import CheckpointError, RunDirError, config_differences
+from mbkit.checkpoint import CheckpointError, config_differences, fingerprint_differences
 from mbkit.data.split import TaskData
 from mbkit.provenance import code_version, read_json
+from mbkit.rundir import RunDirError, lock_run_dir
 from mbkit.study.methods import Method
 from mbkit.train import TrainConfig, fit
 
@@ -36,30 +37,14 @@ def _header(folder: Path, attempt_note: str) -> str:
 
 
 @contextlib.contextmanager
-def _exclusive(folder: Path, log: Any) -> Iterator[None]:
-    """Hold the run's lock file while it trains: a worker of a killed driver that is still finishing this
-    run (Ray needs seconds to notice) makes a re-submitted grid's task wait instead of writing beside it.
-    The lock dies with its process. Without fcntl (Windows) runs are not locked."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(folder / ".lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"== waiting: another process holds {folder / '.lock'} (this run is being trained there)", file=log)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-@contextlib.contextmanager
 def run_log(folder: Path, capture: bool) -> Iterator[None]:
     """Append one attempt of a run to its `run.log`: a header (time, host, threads), the traceback if it
     fails and a last line if it finishes; `capture` also sends the run's stdout and stderr there (Ray)."""
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOG, "a", buffering=1) as log, _exclusive(folder, log):
+    # a worker of a killed driver that is still finishing this run (Ray needs seconds to notice) holds the
+    # folder's lock: this attempt waits for it instead of writing beside it
+    with open(folder / LOG, "a", buffering=1) as log, \
+            lock_run_dir(folder, wait=True, flag="grid run", on_wait=lambda m: print(f"== {m}", file=log)):
         print(_header(folder, "resumed from last.pt" if (folder / "last.pt").is_file() else "started"), file=log)
         with contextlib.ExitStack() as stack:
             if capture:
@@ -110,7 +95,7 @@ def finished_record(folder: Path, cfg: TrainConfig, fingerprint: dict[str, Any])
         k = wrong[0]
         raise ValueError(f"{folder} holds a run with {k}={saved_cfg.get(k)!r}, this grid asks for "
                          f"{k}={getattr(cfg, k)!r}; pass another runs_dir, or delete that folder to retrain it")
-    if config_differences(saved_data or {}, fingerprint):
+    if fingerprint_differences(saved_data or {}, fingerprint):
         raise ValueError(f"{folder} holds a run trained on other data (source, filter, split or pairs differ); "
                          "pass another runs_dir for this data")
     here, there = code_version()["git_commit"], (rec.get("code") or {}).get("git_commit")
