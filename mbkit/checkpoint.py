@@ -185,6 +185,13 @@ def _load_error(e: Exception) -> str:
     return (lines or [type(e).__name__])[0].rstrip(".")[:160]
 
 
+_CHECKPOINT_TYPES: dict[str, type | tuple[type, ...]] = {
+    "schema": str, "config": dict, "fingerprint": dict, "code": dict, "resumes": list, "epoch": int,
+    "resumable": bool, "model": dict, "optimizers": list, "balancer": dict, "sampler_rng": torch.Tensor,
+    "torch_rng": torch.Tensor, "cuda_rng": (list, type(None)), "history": list, "best": dict, "diagnostics": list}
+_BEST_KEYS = frozenset({"epoch", "score", "valid", "weights", "stale"})
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read (to CPU) and schema-check an mbkit checkpoint; any other file raises `CheckpointError`.
 
@@ -212,9 +219,22 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     missing = sorted(_CHECKPOINT_KEYS - set(ckpt))
     if missing:
         raise CheckpointError(f"resume {path} lacks {missing}; the file is damaged, start a new run without --resume")
+    for key, kind in _CHECKPOINT_TYPES.items():
+        value = ckpt[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            expected = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise CheckpointError(f"resume {path}: its {key} is a {type(value).__name__}, not a {expected}; the file "
+                                  "is damaged or was not written by mbkit: start a new run without --resume")
+    if set(ckpt["best"]) != _BEST_KEYS or not all(isinstance(row, dict) for row in ckpt["history"]):
+        raise CheckpointError(f"resume {path}: its best epoch or history is not mbkit's; the file is damaged or was "
+                              "not written by mbkit: start a new run without --resume")
     if not ckpt["resumable"]:
+        last = path.with_name("last.pt")
+        todo = (f"resume from the last end-of-epoch checkpoint ({last}) instead" if last.is_file() else
+                "no epoch had finished, so there is no checkpoint to resume: start a new run (with a lower learning "
+                "rate, or after checking the data)")
         raise CheckpointError(f"resume {path} was saved when a loss turned non-finite, in the middle of an epoch; "
-                              f"resume from the last end-of-epoch checkpoint ({path.with_name('last.pt')}) instead")
+                              f"{todo}")
     return ckpt
 
 

@@ -14,6 +14,7 @@ import json
 import sys
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +191,7 @@ def _train(args: argparse.Namespace) -> None:
     default = Path("runs") / run_name(Method("", config.balancer, config.balancer_kwargs), config.seed)
     out = Path(args.out or (Path(args.resume).parent if args.resume else default))
     probe_run_dir(out, flag="--out")
+    args.out_folder = out  # for the message of an interruption
     with lock_run_dir(out, flag="--out"):  # held until the run ends: a second run on this folder fails at once
         claim_run_dir(out, resume=args.resume, overwrite=args.overwrite, clear=False, flag="--out")
         _, data = data_config.load(config.device)
@@ -217,7 +219,7 @@ def _grid(args: argparse.Namespace) -> None:
     from mbkit.study.reproduce import NOTEBOOK_DIR, check_params, load_params
 
     every = load_params(args.params)
-    check_params(every)
+    check_params(every, args.params)
     declared = papermill.inspect_notebook(str(NOTEBOOK_DIR / f"{args.notebook}.ipynb"))
     p = {name: ast.literal_eval(spec["default"]) for name, spec in declared.items()}
     p.update(every[args.notebook])
@@ -273,8 +275,12 @@ def _run_grid(args: argparse.Namespace, p: dict) -> None:
 def _reproduce(args: argparse.Namespace) -> None:
     from mbkit.provenance import ROOT
     from mbkit.study.headline import update_readme
-    from mbkit.study.reproduce import run_notebooks, store_executed
+    from mbkit.study.reproduce import differ_from_the_cells, load_params, run_notebooks, store_executed
 
+    if args.update_notebooks and (differ := differ_from_the_cells(load_params(args.params))):
+        raise ValueError(f"--update-notebooks stores the executed notebooks under their committed parameters cells, "
+                         f"but {args.params} computes something else ({'; '.join(differ)}); run without "
+                         "--update-notebooks, or change the notebooks' parameters cells first")
     run_notebooks(args.params, args.out, only=args.only, jobs=args.jobs)
     if args.update_notebooks:
         for path in store_executed(args.out):
@@ -287,7 +293,8 @@ def _message(e: BaseException) -> str:
     """One readable line for an error: never a bare key or errno."""
     if isinstance(e, OSError) and e.strerror:
         where = f"{e.filename}: " if e.filename is not None else ""
-        return f"{where}{e.strerror}; check the path and its permissions"
+        todo = "" if "; " in e.strerror else "; check the path and its permissions"
+        return f"{where}{e.strerror}{todo}"
     if isinstance(e, KeyError):
         return f"missing entry {e.args[0]!r} ({e.__class__.__name__}); please report this with the command you ran"
     text = str(e).strip()
@@ -297,7 +304,12 @@ def _message(e: BaseException) -> str:
 COMMANDS = {"data": _data, "train": _train, "grid": _grid, "reproduce": _reproduce}
 
 
+def _warning(message, category, filename, lineno, line=None) -> str:
+    return f"mbkit: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _warning  # one line each, without the source line that raised it
     args = _parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
@@ -313,7 +325,12 @@ def main(argv: list[str] | None = None) -> int:
                   "epoch's checkpoint in the runs folder: run the same command again to train only the rest",
                   file=sys.stderr)
             return 130
-        print("mbkit: interrupted; completed epochs are in the output folder's last.pt (use --resume)",
-              file=sys.stderr)
+        out = getattr(args, "out_folder", None)
+        if out is not None and (out / "last.pt").is_file():
+            print(f"mbkit: interrupted; the completed epochs are in {out / 'last.pt'} (resume with --resume "
+                  f"{out / 'last.pt'})", file=sys.stderr)
+        else:
+            print("mbkit: interrupted before the first epoch finished; nothing of this run was saved (a run the "
+                  "folder held before is kept): start it again", file=sys.stderr)
         return 130
     return 0

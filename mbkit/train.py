@@ -16,6 +16,7 @@ checkpoints are its `checkpoint()` and a resume is checked against it before any
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from mbkit.utils import (atomic_write, check_progress, make_generator, progress_
 
 
 METRIC_KEYS: tuple[str, ...] = tuple(metric_keys((10, 20)))
+MAX_NEGATIVES = 1000  # an epoch's samples are (1 + num_neg) x the training positives, held on the device
 
 
 class NonFiniteLossError(RuntimeError):
@@ -98,8 +100,12 @@ class TrainConfig:
         for name in ("num_neg", "seed", "diagnostics_every", "nan_check_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
-        if not self.lr > 0 or not self.weight_decay >= 0:
-            raise ValueError(f"lr={self.lr} must be > 0 and weight_decay={self.weight_decay} >= 0")
+        if not 0 < self.lr <= 1 or not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"lr={self.lr} must lie in (0, 1] (the study's is 1e-3) and weight_decay="
+                             f"{self.weight_decay} be finite and >= 0")
+        if self.num_neg > MAX_NEGATIVES:
+            raise ValueError(f"num_neg={self.num_neg}: at most {MAX_NEGATIVES} negatives per positive (an epoch holds "
+                             f"1 + num_neg samples per positive in memory; the study uses 4)")
         if self.eval_batch_users is not None and self.eval_batch_users < 1:
             raise ValueError(f"eval_batch_users={self.eval_batch_users} must be >= 1 (or None to choose it)")
         if not 0 <= self.dropout < 1:

@@ -46,15 +46,21 @@ def atomic_write(path: str | os.PathLike, content: str | bytes | Callable[[Path]
     interrupted write leaves the previous file or the new one, never a truncated one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    if isinstance(content, str):
-        tmp.write_text(content)
-    elif isinstance(content, bytes):
-        tmp.write_bytes(content)
-    else:
-        content(tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, str):
+            tmp.write_text(content)
+        elif isinstance(content, bytes):
+            tmp.write_bytes(content)
+        else:
+            content(tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError of its own
+        tmp.unlink(missing_ok=True)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).splitlines() or [type(e).__name__])[0]
+        raise OSError(getattr(e, "errno", None) or 0, f"could not be written ({reason}); check the free space and "
+                      "the permissions there", str(path)) from None
     return path
 
 

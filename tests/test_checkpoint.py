@@ -150,7 +150,10 @@ def test_nonfinite_checkpoint_names_last_pt(tmp_path, task_data):
     with pytest.raises(RuntimeError, match="loss of task"):
         fit(bad, CFG, checkpoint_dir=tmp_path)
     assert torch.load(tmp_path / "nonfinite.pt", weights_only=True)["resumable"] is False
-    with pytest.raises(CheckpointError, match=r"middle of an epoch; resume from the last end-of-epoch checkpoint"):
+    fit(task_data, dataclasses.replace(CFG, epochs=1), checkpoint_dir=tmp_path / "good")  # as if an epoch had
+    (tmp_path / "good" / "last.pt").replace(tmp_path / "last.pt")                          # finished before
+    with pytest.raises(CheckpointError, match=rf"middle of an epoch; resume from the last end-of-epoch checkpoint "
+                                              rf"\({tmp_path / 'last.pt'}\) instead"):
         load_checkpoint(tmp_path / "nonfinite.pt")
 
 

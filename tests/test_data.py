@@ -493,7 +493,8 @@ def test_file_cut_mid_line_is_reported_as_such(tmp_path):
     cut.write_text(PUBLISHED_ROWS + "101,4554802,2993370,fav,15")  # the download stopped mid-timestamp
     for read in (read_userbehavior, lambda p: load_filtered(p, min_user_items=1, min_item_users=1)):
         with pytest.raises(ValueError, match=r"cut\.csv: the file is cut mid-line: its last line "
-                                             r"'101,4554802,2993370,fav,15' has no line end and has timestamp 15"):
+                                             r"'101,4554802,2993370,fav,15' has no line end and ends in timestamp "
+                                             r"15, shorter than the log's \(10 digits\)"):
             read(cut)
     short = tmp_path / "short.csv"
     short.write_text(PUBLISHED_ROWS + "101,45548")
@@ -502,6 +503,10 @@ def test_file_cut_mid_line_is_reported_as_such(tmp_path):
     complete = tmp_path / "no_final_newline.csv"
     complete.write_text(PUBLISHED_ROWS.rstrip("\n"))  # a well-formed last row without a newline is fine
     assert len(read_userbehavior(complete)) == 8
+    late = tmp_path / "late_last_row.csv"
+    late.write_text(PUBLISHED_ROWS + "101,4554802,2993370,fav,1600000000")  # complete, only dated outside the window
+    for read in (read_userbehavior, lambda p: load_filtered(p, min_user_items=1, min_item_users=1)[0]):
+        assert read(late).attrs["out_of_window_rows"] == 1
 
 
 def test_rows_outside_the_window_are_counted_not_refused(tmp_path):

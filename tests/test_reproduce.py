@@ -56,7 +56,7 @@ def test_a_command_that_cannot_start_stops_the_others_and_closes_every_log(tmp_p
 def test_a_failed_notebook_run_stops_the_rest_and_names_its_log(tmp_path):
     from mbkit.study.reproduce import run_parallel
     codes = {"ok": 0, "bad": 3, "later": 0}
-    with pytest.raises(RuntimeError, match=r"bad failed \(see .*bad\.log\); not started: later"):
+    with pytest.raises(RuntimeError, match=r"bad failed \(bad: hello from bad; see .*bad\.log\); not started: later"):
         run_parallel(["ok", "bad", "later"], 1, lambda n: _marker_command(tmp_path, n, code=codes[n]), tmp_path)
     assert (tmp_path / "ok.started").exists() and (tmp_path / "bad.started").exists()
     assert not (tmp_path / "later.log").exists()

@@ -98,14 +98,14 @@ def test_nonfinite_checkpoint_is_not_resumable(tmp_path, task_data):
     bad.labels[:, 1] = float("nan")
     with pytest.raises(NonFiniteLossError):
         fit(bad, CFG, checkpoint_dir=tmp_path)
-    with pytest.raises(ValueError, match="last.pt"):
+    with pytest.raises(ValueError, match="no epoch had finished, so there is no checkpoint to resume"):
         fit(task_data, CFG, resume=tmp_path / "nonfinite.pt")
     assert not (tmp_path / "last.pt").exists()
 
 
 @pytest.mark.parametrize("kw,needle", [
     (dict(select_metric="auc"), "select_metric"), (dict(patience=0), "patience=0"),
-    (dict(num_neg=-1), "num_neg=-1 must be >= 0"), (dict(seed=-1), "seed=-1"), (dict(lr=0.0), "lr=0.0 must be > 0"),
+    (dict(num_neg=-1), "num_neg=-1 must be >= 0"), (dict(seed=-1), "seed=-1"), (dict(lr=0.0), "lr=0.0 must lie in (0, 1]"),
     (dict(balancer="nosuch"), "unknown balancer 'nosuch'"), (dict(progress="bar"), "progress='bar'"),
     (dict(balancer="pcgrad", balancer_kwargs={"relax_factor": 0.7}), "does not take ['relax_factor']"),
     (dict(eval_batch_users=0), "eval_batch_users=0"), (dict(dropout=1.0), "dropout=1.0"),

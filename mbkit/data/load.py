@@ -15,7 +15,7 @@ from mbkit.data.filter import (check_not_empty, check_target, check_thresholds, 
                                log_stats, surviving)
 from mbkit.data.read import (PolarsError, bad_rows, check_last_line, classify, compact_ids, good_rows,
                              out_of_window, plain_csv, raise_empty, scan_lines, schema, to_pandas)
-from mbkit.data.schema import BEHAVIORS, COLUMNS, DEFAULT_FILTER_MODE, FILTER_MODES, FORMAT, STATS_COLUMNS, FilterMode
+from mbkit.data.schema import BEHAVIORS, COLUMNS, DEFAULT_FILTER_MODE, FILTER_MODES, STATS_COLUMNS, FilterMode
 from mbkit.data.split import TaskData, build_task_data
 from mbkit.data.synthetic import synthesize
 from mbkit.utils import setting
@@ -69,7 +69,9 @@ def _stage_validated(csv: str, name: str, tmp: str, skip_bad_rows: bool) -> tupl
         if error is None:  # only blank lines, which carry no data
             ipc = _stage(ipc.filter(~pl.all_horizontal(pl.all().is_null())), os.path.join(tmp, "noblank"))
             return ipc, _counts(ipc), 0
-    raise ValueError(f"{name}: could not be parsed as {FORMAT}: {str(error).splitlines()[0]}")
+    # every row is well-formed as the diagnosis reads it (it accepts spaces around a number): read it that way
+    ipc = _stage(good_rows(classify(scan_lines(csv)), pl.Int64), os.path.join(tmp, "lenient"))
+    return ipc, _counts(ipc), 0
 
 
 def load_filtered(source: str | os.PathLike = "synthetic", *, target: str = "buy",
@@ -158,8 +160,11 @@ class DataConfig:
             if not path.exists():
                 raise ValueError(f"data {self.data!r}: no such file; pass the path of UserBehavior.csv (or its .zip "
                                  "/ .csv.gz), or 'synthetic'")
-            if not path.is_file():
+            if path.is_dir():
                 raise ValueError(f"data {self.data!r} is a folder; pass the UserBehavior.csv file inside it")
+            if not path.is_file():
+                raise ValueError(f"data {self.data!r} is not a regular file (a device or a pipe); pass the path of "
+                                 "UserBehavior.csv (or its .zip / .csv.gz)")
         if self.target not in BEHAVIORS:
             raise ValueError(f"target {self.target!r} is not a behavior; use one of {', '.join(BEHAVIORS)}")
         if self.filter_mode not in FILTER_MODES:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import shutil
 import tempfile
 import warnings
 import zipfile
@@ -19,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,17 +36,38 @@ def schema(id_dtype: pl.DataType) -> dict[str, pl.DataType]:
             "behavior": BEHAVIOR_DTYPE, "timestamp": pl.Int64}
 
 
+def _compression(path: Path) -> str | None:
+    """".zip" or ".gz" by the file's first bytes (a .zip or .gz renamed .csv is still one), else by its name,
+    else None (a plain text file)."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        return ".zip"
+    if head.startswith(b"\x1f\x8b"):
+        return ".gz"
+    if path.suffix.lower() in (".zip", ".gz"):
+        return path.suffix.lower()  # named as an archive but not one: its reader says what is wrong
+    if b"\x00" in head:
+        raise ValueError(f"{path} is a binary file (it holds NUL bytes), neither a text log nor a zip or gzip archive "
+                         "of one; pass the UserBehavior.csv file (or its .zip / .csv.gz)")
+    return None
+
+
 @contextmanager
 def plain_csv(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
-    """Yield `(csv_path, name)`: `.zip` / `.gz` inputs are streamed to a temporary plain file first.
+    """Yield `(csv_path, name)`: a zip archive or a gzip file (known by its first bytes, whatever its name) is
+    streamed to a temporary plain file first; a binary file that is neither is refused.
 
     Decompressing to disk (not memory) keeps the bounded-memory path bounded for the 3.5 GB file.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"{path}: no such file; pass the path of UserBehavior.csv (or its .zip / .csv.gz)")
-    suffix = path.suffix.lower()
-    if suffix not in (".zip", ".gz"):
+    if not path.is_file():
+        raise ValueError(f"{path} is {'a folder' if path.is_dir() else 'not a regular file (a device or a pipe)'}; "
+                         "pass the path of UserBehavior.csv (or its .zip / .csv.gz)")
+    suffix = _compression(path)
+    if suffix is None:
         yield str(path), str(path)
         return
     with tempfile.TemporaryDirectory(prefix="mbkit-") as tmp:
@@ -60,26 +81,54 @@ def plain_csv(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
                         raise ValueError(f"{path}: expected exactly one .csv member in the archive, found "
                                          f"{members or 'none'}; extract the log and pass the .csv path")
                     name = f"{path}:{members[0]}"
-                    with zf.open(members[0]) as src, open(plain, "wb") as dst:
-                        shutil.copyfileobj(src, dst, 1 << 24)
+                    with zf.open(members[0]) as src:
+                        _extract(src, plain, path)
             except (zipfile.BadZipFile, EOFError, zlib.error, OSError) as e:
-                if isinstance(e, OSError) and e.filename is not None:  # e.g. a full temporary disk
+                if isinstance(e, OSError) and e.filename is not None:  # e.g. the archive may not be read
                     raise
                 raise ValueError(f"{path}: not a readable zip archive ({e}); the download is probably "
                                  "truncated or corrupted: download it again, or pass the extracted .csv") from None
         else:
             name = str(path)
             try:
-                with gzip.open(path, "rb") as src, open(plain, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 24)
+                with gzip.open(path, "rb") as src:
+                    _extract(src, plain, path)
             except (OSError, EOFError) as e:
                 raise ValueError(f"{path}: not a readable gzip file ({e})") from None
         yield plain, name
 
 
+class ExtractError(ValueError):
+    """The temporary copy of a decompressed log could not be written (a full or unwritable temporary folder)."""
+
+
+def _write(dst: Any, chunk: bytes) -> None:
+    dst.write(chunk)
+
+
+def _extract(src: Any, plain: str, path: Path) -> None:
+    """Copy the decompressed stream `src` to `plain`: errors reading it are the archive's, errors writing are the
+    temporary folder's, and are said so."""
+    try:
+        dst = open(plain, "wb")
+    except OSError as e:
+        raise ExtractError(_no_room(path, plain, e)) from None
+    with dst:
+        while chunk := src.read(1 << 24):
+            try:
+                _write(dst, chunk)
+            except OSError as e:
+                raise ExtractError(_no_room(path, plain, e)) from None
+
+
+def _no_room(path: Path, plain: str, e: OSError) -> str:
+    return (f"{path}: could not decompress it into the temporary folder {Path(plain).parent.parent} "
+            f"({e.strerror or e}); free space there, or set TMPDIR to a folder with room")
+
+
 def scan_lines(csv: str) -> pl.LazyFrame:
     """The file as one string column `line` with its 1-based `line_no` (blank lines included)."""
-    return (pl.scan_csv(csv, has_header=False, separator="\x1f", quote_char=None,
+    return (pl.scan_csv(csv, has_header=False, separator="\x1f", quote_char=None, encoding="utf8-lossy",
                         schema={"line": pl.String}, truncate_ragged_lines=True)
             .with_row_index("line_no", offset=1))
 
@@ -102,6 +151,7 @@ def classify(lines: pl.LazyFrame) -> pl.LazyFrame:
         return pl.format("'{}'", _field(j))
 
     reason = pl.when(pl.col("blank")).then(None)
+    reason = reason.when(line.str.contains("\ufffd", literal=True)).then(pl.lit("holds bytes that are not UTF-8 text"))
     reason = reason.when(n != 5).then(pl.format(f"expected 5 comma-separated fields ({FORMAT}), found {{}}", n))
     for j, col in enumerate(COLUMNS):
         if col == "behavior":
@@ -135,7 +185,8 @@ class _Diagnosis:
         hint = ("Line 1 looks like a header; the published file has none. "
                 if self.first_bad["line_no"][0] == 1 and "user" in self.first_bad["line"][0].lower() else "")
         todo = ("No row is well-formed: is this the UserBehavior log?" if self.n_good == 0 else
-                "Fix the file, or pass skip_bad_rows=True to skip such rows (the count skipped is reported).")
+                "Fix the file, or skip such rows (--skip-bad-rows, skip_bad_rows=True; the count skipped is "
+                "reported).")
         return (f"{name}: {self.n_bad:,} malformed row(s) out of {self.n_good + self.n_bad:,} (first at "
                 f"line(s) {lines}); expected {FORMAT} with integer ids, behavior in "
                 f"{'|'.join(BEHAVIORS)} and integer Unix seconds:\n{shown}\n{hint}{todo}")
@@ -154,8 +205,9 @@ def _diagnose(csv: str) -> _Diagnosis:
 
 
 def check_last_line(csv: str, name: str) -> None:
-    """Raise if the file ends mid-line: no final line end and a last row that is malformed or dated outside
-    the log's window (a download or copy cut short; a clean file without a final newline passes)."""
+    """Raise if the file ends mid-line: no final line end and a last row that is incomplete (a download or
+    copy cut short). A complete last row without a final newline passes, whenever it is dated: a timestamp
+    counts as cut only when it has fewer digits than any timestamp of the log's window."""
     with open(csv, "rb") as f:
         f.seek(0, os.SEEK_END)
         size = f.tell()
@@ -172,8 +224,8 @@ def check_last_line(csv: str, name: str) -> None:
         problem = f"has {len(parts)} of the {len(COLUMNS)} fields"
     elif parts[3] not in BEHAVIORS or not all(p.lstrip("-").isdigit() for i, p in enumerate(parts) if i != 3):
         problem = "is malformed"
-    elif not WINDOW[0] <= int(parts[4]) < WINDOW[1]:
-        problem = f"has timestamp {parts[4]}, outside the log's window [{WINDOW[0]}, {WINDOW[1]})"
+    elif len(parts[4].lstrip("-")) < len(str(WINDOW[0])) and not WINDOW[0] <= int(parts[4]) < WINDOW[1]:
+        problem = f"ends in timestamp {parts[4]}, shorter than the log's ({len(str(WINDOW[0]))} digits)"
     if problem:
         raise ValueError(f"{name}: the file is cut mid-line: its last line {last[:80]!r} has no line end and "
                          f"{problem}; the file was truncated (an interrupted download, copy or extraction): "
@@ -243,7 +295,9 @@ def _read_polars(csv: str, name: str, skip_bad_rows: bool) -> tuple[pl.DataFrame
             return compact_ids(good), n_bad
         if error is None:  # only blank lines, which carry no data
             return compact_ids(df.filter(~pl.all_horizontal(pl.all().is_null()))), 0
-    raise ValueError(f"{name}: could not be parsed as {FORMAT}: {str(error).splitlines()[0]}")
+    # every row is well-formed as the diagnosis reads it (it accepts spaces around a number), though the typed
+    # reader refused one: read the rows the diagnosis's way
+    return compact_ids(good_rows(classify(scan_lines(csv)), pl.Int64).collect(engine="streaming")), 0
 
 
 def read_userbehavior(path: str | os.PathLike, *, skip_bad_rows: bool = False) -> pd.DataFrame:

@@ -76,7 +76,8 @@ def run_grid(data: TaskData, methods: Iterable[Method], seeds: Iterable[int], ba
     if where.executor == "ray" and runs_dir is None:
         raise ValueError("executor='ray' keeps one record per run: pass runs_dir (a folder for the runs' "
                          "records and checkpoints)")
-    seeds = [int(s) for s in seeds]
+    methods, seeds = list(methods), [int(s) for s in seeds]
+    check_distinct(methods, seeds)
     plan = [(m, s, dataclasses.replace(base, balancer=m.balancer, balancer_kwargs=dict(m.kwargs), seed=s,
                                        progress=False))
             for m in methods for s in seeds]
@@ -115,12 +116,37 @@ def run_grid(data: TaskData, methods: Iterable[Method], seeds: Iterable[int], ba
             if bar is not None:
                 bar.close()
     rows = []
-    for (m, s, cfg), rec in zip(plan, records):
-        row: dict[str, Any] = {"method": m.label, "balancer": m.balancer, "seed": s,
-                               "best_epoch": rec["best_epoch"], "epochs_trained": rec.get("epochs_trained"),
-                               "train_seconds": rec["train_seconds"], "steps": rec.get("steps")}
-        row.update({k: v for k, v in m.kwargs.items()})
-        row.update({f"valid_{k}": v for k, v in rec["valid"].items()})
-        row.update({f"test_{k}": v for k, v in rec["test"].items()})
+    for (m, s, cfg), rec, folder in zip(plan, records, folders):
+        try:
+            row: dict[str, Any] = {"method": m.label, "balancer": m.balancer, "seed": s,
+                                   "best_epoch": rec["best_epoch"], "epochs_trained": rec.get("epochs_trained"),
+                                   "train_seconds": rec["train_seconds"], "steps": rec.get("steps")}
+            row.update({k: v for k, v in m.kwargs.items()})
+            row.update({f"valid_{k}": v for k, v in rec["valid"].items()})
+            row.update({f"test_{k}": v for k, v in rec["test"].items()})
+        except (KeyError, TypeError, AttributeError) as e:
+            where = folder / "metrics.json" if folder is not None else f"run {run_name(m, s)}"
+            raise ValueError(f"{where} is not a complete run record (no {e}); delete "
+                             f"{folder if folder is not None else 'it'} to train that run again") from None
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def check_distinct(methods: list[Method], seeds: list[int]) -> None:
+    """Refuse a grid whose entries are not distinct runs: a repeated seed, or two methods with the same balancer
+    and arguments (one folder, one run), would count one run as two in every mean, interval and test."""
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"seeds {seeds} repeat {repeated}: a seed gives one run, which would count as several in "
+                         "every mean and paired test; list each seed once")
+    names: dict[str, str] = {}
+    for m in methods:
+        name = run_name(m, 0).removesuffix("_seed0")
+        if name in names:
+            raise ValueError(f"methods {names[name]!r} and {m.label!r} are the same run ({m.balancer} with "
+                             f"{m.kwargs or 'no arguments'}); list each configuration once")
+        names[name] = m.label
+    labels = [m.label for m in methods]
+    if len(set(labels)) != len(labels):
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        raise ValueError(f"methods share the label(s) {twice}, which name their rows in every table; give each its own")

@@ -78,12 +78,32 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
     if not sep or not port.isdigit():
         raise ValueError(f"ray_address={address!r} is not an address; use the head node's host:port (e.g. "
                          "10.0.0.5:6379, or ray://host:10001 for Ray Client), 'auto', or None for a local Ray")
+    todo = ("check the address (the head node's host:port, or 'auto' on a node of the cluster), start one with "
+            "`ray start --head`, or use executor='local'")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as conn:
+            speaks_grpc = _answers_http2(conn, timeout)
     except OSError as e:
-        raise ConnectionError(f"could not reach the Ray cluster at {address!r} ({e.strerror or e}); check the "
-                              "address (the head node's host:port, or 'auto' on a node of the cluster), start one "
-                              "with `ray start --head`, or use executor='local'") from None
+        raise ConnectionError(f"could not reach the Ray cluster at {address!r} ({e.strerror or e}); {todo}") from None
+    if not speaks_grpc:
+        raise ConnectionError(f"{address!r} answers, but not as a Ray head node (no gRPC server there); {todo}")
+
+
+def _answers_http2(conn: socket.socket, timeout: float) -> bool:
+    """Whether the server on `conn` speaks HTTP/2, as Ray's gRPC servers do: it answers the client preface with
+    a SETTINGS frame (type 4) within `timeout`."""
+    conn.settimeout(timeout)
+    conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+    head = b""
+    try:
+        while len(head) < 9:
+            chunk = conn.recv(9 - len(head))
+            if not chunk:
+                return False
+            head += chunk
+    except (socket.timeout, OSError):
+        return False
+    return head[3] == 4
 
 
 def resources(device: str, runs_per_gpu: int, cpus_per_run: int) -> dict[str, float]:

@@ -7,7 +7,9 @@ papermill only warns about unknown names, so `check_params` turns that into an e
 
 from __future__ import annotations
 
+import ast
 import csv
+import json
 import subprocess
 import sys
 import time
@@ -27,28 +29,106 @@ def notebooks() -> list[Path]:
 
 
 def load_params(path: str | Path) -> dict[str, dict[str, Any]]:
-    """Per-notebook parameters: `common` merged under each notebook's own section."""
-    raw = yaml.safe_load(Path(path).read_text()) or {}
+    """Per-notebook parameters: `common` merged under each notebook's own section. A file that is not YAML,
+    or whose sections are not mappings of parameter: value, is refused with its line or section."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"{path} is not valid YAML{where} ({problem}); fix the file") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping with 'common' and per-notebook sections")
-    common = raw.get("common") or {}
+        raise ValueError(f"{path}: expected a mapping with 'common' and per-notebook sections, got a "
+                         f"{type(raw).__name__}")
     stems = {nb.stem for nb in notebooks()}
     unknown = set(raw) - stems - {"common"}
     if unknown:
-        raise ValueError(f"{path}: sections {sorted(unknown)} name no notebook; "
+        raise ValueError(f"{path}: sections {sorted(map(str, unknown))} name no notebook; "
                          f"expected 'common' or one of {sorted(stems)}")
+    for name, section in raw.items():
+        if section is not None and not isinstance(section, dict):
+            raise ValueError(f"{path}: section {name!r} must be a mapping of parameter: value, got a "
+                             f"{type(section).__name__} ({section!r})")
+    common = raw.get("common") or {}
     return {stem: {**common, **(raw.get(stem) or {})} for stem in sorted(stems)}
 
 
-def check_params(params: dict[str, dict[str, Any]]) -> None:
-    """Raise if a parameter is not declared in its notebook's `parameters` cell."""
+def declared(nb: Path) -> dict[str, tuple[Any, str]]:
+    """The parameters cell of `nb`: name -> (default value, the comment that documents it)."""
     import papermill
 
+    return {name: (ast.literal_eval(spec["default"]), spec["help"] or "")
+            for name, spec in papermill.inspect_notebook(str(nb)).items()}
+
+
+def _documented(value: Any, comment: str) -> bool:
+    """A value other than the default's type is accepted where the parameter's comment names it."""
+    return json.dumps(value) in comment or repr(value) in comment
+
+
+def _accepts(default: Any, value: Any, comment: str) -> bool:
+    if default is None or (value is None and "None" in comment):
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool) or _documented(value, comment)
+    if isinstance(default, int):
+        return (isinstance(value, int) and not isinstance(value, bool)) or _documented(value, comment)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, list):
+        return isinstance(value, list) and (not default or all(_accepts(default[0], v, "") for v in value))
+    return True
+
+
+def check_params(params: dict[str, dict[str, Any]], source: str | Path = "the parameters") -> None:
+    """Raise, before anything runs, if a parameter is not declared in its notebook's `parameters` cell, if its
+    value is not of the type of the notebook's default (or a value the cell's comment names, e.g. None), or if
+    a list repeats an entry (a seed listed twice would count one run as two)."""
     for nb in notebooks():
-        declared = set(papermill.inspect_notebook(str(nb)))
-        extra = set(params.get(nb.stem, {})) - declared
+        cell = declared(nb)
+        given = params.get(nb.stem, {})
+        extra = set(given) - set(cell)
         if extra:
-            raise ValueError(f"{nb.name} has no parameters {sorted(extra)}; it declares {sorted(declared)}")
+            raise ValueError(f"{nb.name} has no parameters {sorted(extra)}; it declares {sorted(cell)}")
+        for name, value in given.items():
+            default, comment = cell[name]
+            if not _accepts(default, value, comment):
+                raise ValueError(f"{source}: {nb.stem}'s {name} is {value!r} (a {type(value).__name__}), but the "
+                                 f"notebook's {name} takes a {type(default).__name__} like its default {default!r}")
+            if isinstance(value, list) and len({json.dumps(v) for v in value}) < len(value):
+                twice = sorted({json.dumps(v) for v in value if value.count(v) > 1})
+                raise ValueError(f"{source}: {nb.stem}'s {name} repeats {', '.join(twice)}; list each entry once")
+
+
+# Parameters that decide where or how a notebook runs, not what it computes: `--update-notebooks` may store
+# notebooks executed with other values of these under the committed parameters cells.
+HOW_IT_RUNS = frozenset({"progress", "device", "runs_dir", "executor", "ray_address", "runs_per_gpu",
+                         "cpus_per_run"})
+
+
+def differ_from_the_cells(params: dict[str, dict[str, Any]]) -> list[str]:
+    """`notebook: name=value (cell: default)` for every parameter that differs from its notebook's committed
+    parameters cell in what it computes (`HOW_IT_RUNS` aside)."""
+    out = []
+    for nb in notebooks():
+        cell = declared(nb)
+        for name, value in params.get(nb.stem, {}).items():
+            if name not in HOW_IT_RUNS and json.dumps(value) != json.dumps(cell[name][0]):
+                out.append(f"{nb.stem}: {name}={value!r} (cell: {cell[name][0]!r})")
+    return out
+
+
+def check_out(out: Path) -> None:
+    """Refuse an output folder for executed notebooks inside the folders that hold committed files."""
+    for committed in ("notebooks", "results", "figures"):
+        if out.resolve().is_relative_to((ROOT / committed).resolve()):
+            raise ValueError(f"--out {out} lies inside {committed}/, whose files are committed and would be replaced "
+                             "by executed copies; pick a folder outside notebooks/, results/ and figures/ (the "
+                             "default is build/executed)")
 
 
 def run_notebooks(params_file: str | Path, out_dir: str | Path = "build/executed", only: str | None = None,
@@ -66,10 +146,11 @@ def run_notebooks(params_file: str | Path, out_dir: str | Path = "build/executed
     if jobs < 1:
         raise ValueError(f"jobs={jobs} must be >= 1")
     params = load_params(params_file)
-    check_params(params)
+    check_params(params, params_file)
     out = Path(out_dir)
     if not out.is_absolute():
         out = ROOT / out
+    check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     chosen = [nb for nb in notebooks() if not only or only in nb.name]
     if jobs > 1 and len(chosen) > 1:
@@ -80,8 +161,13 @@ def run_notebooks(params_file: str | Path, out_dir: str | Path = "build/executed
         return
     for nb in chosen:
         print(f"== {nb.name}", flush=True)
-        papermill.execute_notebook(str(nb), str(out / nb.name), parameters=params[nb.stem],
-                                   kernel_name="python3", cwd=str(NOTEBOOK_DIR), progress_bar=False)
+        try:
+            papermill.execute_notebook(str(nb), str(out / nb.name), parameters=params[nb.stem],
+                                       kernel_name="python3", cwd=str(NOTEBOOK_DIR), progress_bar=False)
+        except papermill.PapermillExecutionError as e:
+            what = (str(e.evalue).strip().splitlines() or [""])[0]
+            raise RuntimeError(f"{nb.name} failed in cell [{e.exec_count}] ({e.ename}: {what}); the executed copy "
+                               f"with the cell's traceback is {out / nb.name}") from None
 
 
 def longest_first(stems: list[str], results_dir: Path = ROOT / "results") -> list[str]:
@@ -136,9 +222,16 @@ def run_parallel(names: list[str], jobs: int, command: Callable[[str], list[str]
             proc.wait()
             log.close()
     if failed:
+        said = "; ".join(f"{n}: {_last_line(log_dir / f'{n}.log')}" for n in failed)
         logs = ", ".join(str(log_dir / f"{n}.log") for n in failed)
         skipped = f"; not started: {', '.join(pending)}" if pending else ""
-        raise RuntimeError(f"{', '.join(failed)} failed (see {logs}){skipped}")
+        raise RuntimeError(f"{', '.join(failed)} failed ({said}; see {logs}){skipped}")
+
+
+def _last_line(path: Path) -> str:
+    lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()] \
+        if path.is_file() else []
+    return lines[-1].removeprefix("mbkit: error: ") if lines else "no output"
 
 
 def store_executed(out_dir: str | Path = "build/executed") -> list[Path]:
