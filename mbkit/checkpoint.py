@@ -87,6 +87,7 @@ def data_fingerprint(data: Any) -> dict[str, Any]:
         "test_pairs": int(data.test_csr.indices.numel()),
         "sha256": h.hexdigest(),
         "rows": meta.get("rows"),
+        "split": meta.get("split"),
     }
 
 
@@ -111,7 +112,7 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[s
 
 # Fingerprint entries kept with a run as information, not as its identity: the same pairs read from another
 # path (or from a byte-identical copy) are the same data.
-INFORMATION: frozenset[str] = frozenset({"source", "rows"})
+INFORMATION: frozenset[str] = frozenset({"source", "rows", "split"})
 
 
 def fingerprint_differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -18,7 +18,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from mbkit.data import public
 from mbkit.data.load import DataConfig
+from mbkit.data.schema import BEHAVIORS
 from mbkit.study.grid import Executor
 from mbkit.train import TrainConfig
 
@@ -114,8 +116,17 @@ def _parser() -> argparse.ArgumentParser:
     root = _Parser(prog="mbkit", description=__doc__.split("\n\n")[0])
     sub = root.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    d = sub.add_parser("data", help="print the Table-1 statistics of a log (raw and filtered)")
+    d = sub.add_parser("data", help="print the Table-1 statistics of a log (raw and filtered); `data list` shows the "
+                       "public sets, `data fetch NAME` brings one into the cache")
     add_settings(d, DataConfig)
+    sets = d.add_subparsers(dest="data_command", parser_class=_Parser)
+    f = sets.add_parser("fetch", help="download a public set at its pinned commit (or copy it from a folder), verify "
+                        "every file against its git blob id and convert it to the canonical log")
+    f.add_argument("name", choices=public.names(), help="the set (`mbkit data list`)")
+    f.add_argument("--from", dest="source_dir", default=None, metavar="DIR",
+                   help="a folder holding the set's files under their repository paths, downloaded by hand (offline)")
+    f.add_argument("--progress", default="auto", choices=["auto", "text", "off"], help="download progress on stderr")
+    sets.add_parser("list", help="the public sets: source, behaviors, size, own split, whether each is in the cache")
 
     t = sub.add_parser("train", help="train one model with one balancer and write its results")
     add_settings(t, DataConfig)
@@ -156,6 +167,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _data(args: argparse.Namespace) -> None:
+    if args.data_command == "list":
+        import pandas as pd
+
+        print(pd.DataFrame(public.listing()).set_index("name").to_string())
+        print(f"cache: {public.cache_dir()} (MBKIT_CACHE sets another). {public.LICENCE}")
+        return
+    if args.data_command == "fetch":
+        counts = public.fetch(args.name, args.source_dir, progress=False if args.progress == "off" else args.progress)
+        rows = ", ".join(f"{counts[b]:,} {b}" for b in BEHAVIORS if counts[b])
+        print(f"{args.name}: ready in {public.folder(args.name)} ({counts['users']:,} users, {counts['items']:,} "
+              f"items; {rows}); use it as --data {args.name}")
+        return
     stats, _ = settings(args, DataConfig).read()
     print(stats.to_string())
     if stats.attrs.get("out_of_window_rows"):
@@ -250,8 +273,12 @@ def _run_grid(args: argparse.Namespace, p: dict) -> None:
         from mbkit.study.ray_executor import import_ray
         import_ray()
     size = (int(p["world_users"]), int(p["world_items"])) if p["data"] == "synthetic" and "world_users" in p else None
-    data_config = DataConfig(data=p["data"], target=p["target"], filter_mode=p["filter_mode"],
-                             split_seed=p["split_seed"], synthetic_size=size)
+    try:
+        data_config = DataConfig(data=p["data"], target=p["target"], filter_mode=p["filter_mode"],
+                                 min_user_items=p.get("min_user_items", 10), min_item_users=p.get("min_item_users", 10),
+                                 split=p.get("split", "project"), split_seed=p["split_seed"], synthetic_size=size)
+    except ValueError as e:
+        raise ValueError(f"{e} (a params file's paths are relative to notebooks/)") from None
     methods, seeds, base = notebook_grid(args.notebook, p)
     runs_dir = Path(p["runs_dir"])
     folders = [runs_dir / run_name(m, s) for m in methods for s in seeds]

@@ -168,8 +168,7 @@ def test_balancer_args_reach_the_balancer_and_bad_ones_fail_first(tmp_path, caps
 
 @pytest.mark.parametrize("extra, needle", [
     ([], "the grid command keeps one record per run: pass --runs-dir, or set runs_dir in the 03_relax_factor section"),
-    (["--params", "notebooks/params/paper.yaml"], "data '../data/UserBehavior.csv': no such file; pass the path of "
-                                                  "UserBehavior.csv"),
+    (["--params", "notebooks/params/paper.yaml"], "data '../data/UserBehavior.csv': no such file, nor a public set"),
     (["--runs-dir", "RUNS", "--executor", "ray"], "executor='ray' needs Ray, which is not installed here: pip install "
                                                   "'mbkit[ray]'"),
 ])

@@ -552,8 +552,11 @@ def test_nan_ids_are_refused(small_filtered):
 
 def test_task_data_records_where_it_came_from(small_filtered, tmp_path):
     data = build_task_data(small_filtered, seed=4, device="cpu")
+    split = data.meta.pop("split")
     assert data.meta == {"source": None, "filter": {"target": "buy", **FILTER, "mode": "once"}, "split_seed": 4,
                          "fractions": [0.7, 0.15, 0.15], "rows": None}  # an in-memory log: nothing was read
+    assert split["kind"] == "project" and split["seed"] == 4 and set(split["auxiliary_pairs_held_out"]) == {
+        "pv", "cart", "fav"}
     path = tmp_path / "UserBehavior.csv"
     synthesize(**WORLD, path=path)
     _, filtered = load_filtered(path, **FILTER)

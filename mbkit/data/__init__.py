@@ -10,14 +10,17 @@ The pipeline of the thesis (the original MetaBalance data code was never release
    from every auxiliary behavior, and builds the training positives with one 0/1 label per task;
    `TaskData.batches` yields shuffled mini-batches with freshly drawn negatives, as device tensor slices.
 
-`synthetic.synthesize`, a documented generative model in the same schema, is the built-in default log.
-`DataConfig` holds the settings of the whole pipeline in one place (`DataConfig().load()`).
+`synthetic.synthesize`, a documented generative model in the same schema, is the built-in default log;
+`public.fetch(name)` brings the field's public multi-behavior sets into the same schema (verified downloads at
+pinned commits, `download`). `DataConfig` holds the settings of the whole pipeline in one place
+(`DataConfig().load()`; `data` is "synthetic", a path, or a fetched set's name).
 """
 
 from mbkit.data.csr import CSR
 from mbkit.data.filter import (filter_log, log_stats, raw_behavior_counts, table1_comparison, table1_ratios,
                                thesis_stats)
 from mbkit.data.load import DataConfig, load_filtered
+from mbkit.data.public import fetch
 from mbkit.data.read import read_userbehavior, write_userbehavior
 from mbkit.data.schema import (BEHAVIORS, COLUMNS, DEFAULT_FILTER_MODE, FILTER_MODES, STATS_COLUMNS, THESIS_STATS,
                                WINDOW, FilterMode)
@@ -26,7 +29,7 @@ from mbkit.data.synthetic import synthesize
 
 __all__ = [
     "BEHAVIORS", "COLUMNS", "CSR", "DEFAULT_FILTER_MODE", "DataConfig", "FILTER_MODES", "FilterMode", "LeakageError",
-    "STATS_COLUMNS", "THESIS_STATS", "TaskData", "WINDOW", "build_task_data", "check_no_leakage", "filter_log",
+    "STATS_COLUMNS", "THESIS_STATS", "TaskData", "WINDOW", "build_task_data", "check_no_leakage", "fetch", "filter_log",
     "load_filtered", "log_stats", "raw_behavior_counts", "read_userbehavior", "sample_summary", "synthesize",
     "table1_comparison", "table1_ratios", "thesis_stats", "write_userbehavior",
 ]

@@ -27,8 +27,9 @@ def check_not_empty(n_rows: int, target: str, min_user_items: int, min_item_user
 
 
 def surviving(users: np.ndarray, items: np.ndarray, *, target: str, min_user_items: int, min_item_users: int,
-              mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """Kept user ids and item ids from the distinct target pairs `(users[j], items[j])`.
+              mode: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Kept user ids and item ids from the distinct target pairs `(users[j], items[j])`; None: all of them (a
+    threshold of 0, which every user or item meets, bought or not).
 
     once:  U = {u: >= min_user_items distinct target items in the raw log},
            I = {i: >= min_item_users distinct target users in the raw log}.
@@ -54,7 +55,7 @@ def surviving(users: np.ndarray, items: np.ndarray, *, target: str, min_user_ite
         raise ValueError(f"the filter left no data ({len(kept_u)} users with >= {min_user_items} distinct "
                          f"{target!r} items, {len(kept_i)} items with >= {min_item_users} distinct {target!r} "
                          f"users, mode={mode!r}); lower min_user_items / min_item_users or use a larger log")
-    return kept_u, kept_i
+    return (None if min_user_items == 0 else kept_u), (None if min_item_users == 0 else kept_i)
 
 
 def behavior_codes(log: pd.DataFrame) -> np.ndarray:
@@ -112,7 +113,8 @@ def filter_log(log: pd.DataFrame, *, target: str = "buy", min_user_items: int = 
     each kept user has >= `min_user_items` distinct target items *in the input* and each kept item
     >= `min_item_users` distinct target users *in the input* (within the result they may have fewer, and a
     kept user may have only auxiliary rows left). mode="kcore": iterated to the fixed point, so the
-    thresholds hold exactly within the result.
+    thresholds hold exactly within the result. A threshold of 0 keeps every user (or item), bought or not:
+    both at 0 keep the log whole, as a preprocessed public set is published.
     """
     codes = behavior_codes(log)
     check_ids(log)
@@ -121,7 +123,11 @@ def filter_log(log: pd.DataFrame, *, target: str = "buy", min_user_items: int = 
     pairs = log.loc[codes == BEHAVIORS.index(target), ["user_id", "item_id"]].drop_duplicates()
     kept_u, kept_i = surviving(pairs["user_id"].to_numpy(), pairs["item_id"].to_numpy(), target=target,
                                 min_user_items=min_user_items, min_item_users=min_item_users, mode=mode)
-    keep = np.isin(log["user_id"].to_numpy(), kept_u) & np.isin(log["item_id"].to_numpy(), kept_i)
+    keep = np.ones(len(log), dtype=bool)
+    if kept_u is not None:
+        keep &= np.isin(log["user_id"].to_numpy(), kept_u)
+    if kept_i is not None:
+        keep &= np.isin(log["item_id"].to_numpy(), kept_i)
     check_not_empty(int(keep.sum()), target, min_user_items, min_item_users, mode)
     out = log.loc[keep].reset_index(drop=True)
     out.attrs = {"source": log.attrs.get("source"), "rows": log.attrs.get("rows"),

@@ -16,6 +16,7 @@ from mbkit.data.filter import (check_not_empty, check_target, check_thresholds, 
 from mbkit.data.read import (PolarsError, bad_rows, check_last_line, classify, compact_ids, good_rows,
                              out_of_window, plain_csv, raise_empty, scan_lines, schema, to_pandas)
 from mbkit.data.schema import BEHAVIORS, COLUMNS, DEFAULT_FILTER_MODE, FILTER_MODES, STATS_COLUMNS, FilterMode
+from mbkit.data import public
 from mbkit.data.split import TaskData, build_task_data
 from mbkit.data.synthetic import synthesize
 from mbkit.utils import setting
@@ -42,7 +43,7 @@ def _stage(lf: pl.LazyFrame, directory: str) -> pl.LazyFrame:
 
 
 def _counts(ipc: pl.LazyFrame) -> dict[str, int]:
-    """Rows, null cells per column and rows per behavior, in one streaming pass."""
+    """Rows, null cells per column, rows per behavior and rows outside the window, in one streaming pass."""
     out = ipc.select(rows=pl.len(), out_of_window=out_of_window(pl.col("timestamp")),
                      **{f"null_{c}": pl.col(c).is_null().sum() for c in COLUMNS},
                      **{b: (pl.col("behavior") == b).sum() for b in BEHAVIORS}).collect(engine="streaming")
@@ -119,8 +120,11 @@ def load_filtered(source: str | os.PathLike = "synthetic", *, target: str = "buy
                  .collect(engine="streaming"))
         kept_u, kept_i = surviving(pairs["user_id"].to_numpy(), pairs["item_id"].to_numpy(), target=target,
                                    min_user_items=min_user_items, min_item_users=min_item_users, mode=mode)
-        kept = ipc.filter(pl.col("user_id").is_in(pl.Series(kept_u).implode())
-                          & pl.col("item_id").is_in(pl.Series(kept_i).implode()))
+        kept = ipc
+        if kept_u is not None:
+            kept = kept.filter(pl.col("user_id").is_in(pl.Series(kept_u).implode()))
+        if kept_i is not None:
+            kept = kept.filter(pl.col("item_id").is_in(pl.Series(kept_i).implode()))
         filtered = to_pandas(compact_ids(kept.collect(engine="streaming")))
         check_not_empty(len(filtered), target, min_user_items, min_item_users, mode)
     stats = pd.concat([pd.DataFrame([raw], index=["raw"]), log_stats({"filtered": filtered})])
@@ -133,21 +137,26 @@ def load_filtered(source: str | os.PathLike = "synthetic", *, target: str = "buy
     return stats, filtered
 
 
+SPLITS = ("project", "source")
+
+
 @dataclass
 class DataConfig:
     """Where a run's data come from and how they are filtered and split: the arguments of `load_filtered`
     and `build_task_data`, defined once (the command line's data flags are generated from these fields)."""
 
-    data: str = setting("synthetic", "'synthetic' (the built-in world) or the path of UserBehavior.csv (or its "
-                        ".zip / .csv.gz)")
+    data: str = setting("synthetic", "'synthetic' (the built-in world), a public set fetched with `mbkit data fetch` "
+                        "(`mbkit data list`), or the path of UserBehavior.csv (or its .zip / .csv.gz)")
     target: str = setting("buy", "the target behavior; the other behaviors present become auxiliary tasks",
                           choices=BEHAVIORS)
     filter_mode: str = setting(DEFAULT_FILTER_MODE, "once: the 10/10 thresholds computed once on the raw log; "
                                "kcore: iterated to a fixed point", choices=FILTER_MODES)
-    min_user_items: int = setting(10, "users keep >= this many distinct purchased items")
-    min_item_users: int = setting(10, "items keep >= this many distinct buyers")
+    min_user_items: int = setting(10, "users keep >= this many distinct purchased items (0: every user)")
+    min_item_users: int = setting(10, "items keep >= this many distinct buyers (0: every item)")
     skip_bad_rows: bool = setting(False, "skip malformed rows of the log (their count is reported) instead of "
                                   "refusing the file")
+    split: str = setting("project", "project: the study's random 70/15/15 split of the purchases; source: a public "
+                         "set's own split (with the thresholds at 0: the set as published)", choices=SPLITS)
     split_seed: int = setting(0, "seed of the 70/15/15 purchase split")
     synthetic_size: tuple[int, int] | None = setting(None, "USERS ITEMS: the built-in world's size before the "
                                                      "filter (none: 30000 10000)", metavar=("USERS", "ITEMS"))
@@ -155,11 +164,12 @@ class DataConfig:
     def __post_init__(self) -> None:
         """Everything that can be checked before the log is read (reading the real log takes a minute)."""
         self.data = str(self.data)
-        if self.data != "synthetic":
+        if self.data != "synthetic" and self.data not in public.names():
             path = Path(self.data)
             if not path.exists():
-                raise ValueError(f"data {self.data!r}: no such file; pass the path of UserBehavior.csv (or its .zip "
-                                 "/ .csv.gz), or 'synthetic'")
+                raise ValueError(f"data {self.data!r}: no such file, nor a public set ({', '.join(public.names())}); "
+                                 "pass the path of UserBehavior.csv (or its .zip / .csv.gz), a set's name, or "
+                                 "'synthetic'")
             if path.is_dir():
                 raise ValueError(f"data {self.data!r} is a folder; pass the UserBehavior.csv file inside it")
             if not path.is_file():
@@ -170,6 +180,15 @@ class DataConfig:
         if self.filter_mode not in FILTER_MODES:
             raise ValueError(f"filter_mode {self.filter_mode!r}; use 'once' (thresholds computed once) or 'kcore'")
         check_thresholds(self.min_user_items, self.min_item_users)
+        if self.split not in SPLITS:
+            raise ValueError(f"split {self.split!r}; use 'project' (the study's 70/15/15) or 'source' (a public set's)")
+        if self.split == "source":
+            if self.data not in public.registry():
+                raise ValueError(f"split='source' needs a public set that splits its own purchases "
+                                 f"({', '.join(public.registry())}); {self.data!r} is none: use split='project'")
+            if self.min_user_items or self.min_item_users:
+                raise ValueError("split='source' evaluates on the source's own held-out purchases, so its data are "
+                                 "used as published: set min_user_items and min_item_users to 0")
         if isinstance(self.split_seed, bool) or not isinstance(self.split_seed, int) or self.split_seed < 0:
             raise ValueError(f"split_seed={self.split_seed!r} must be a non-negative integer")
         if self.synthetic_size is not None:
@@ -179,18 +198,27 @@ class DataConfig:
             if self.data != "synthetic":
                 raise ValueError(f"synthetic_size={self.synthetic_size!r} sizes the built-in world only; {self.data!r} "
                                  "is a file, whose size is its own: leave synthetic_size out")
+        if self.data in public.names():
+            public.log_path(self.data)  # fetched?
 
     def read(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """The Table-1 statistics (raw and filtered) and the filtered log (`load_filtered`)."""
-        return load_filtered(self.data, target=self.target, mode=self.filter_mode, min_user_items=self.min_user_items,
-                             min_item_users=self.min_item_users, skip_bad_rows=self.skip_bad_rows,
-                             synthetic_size=self.synthetic_size)
+        named = self.data in public.names()
+        stats, log = load_filtered(public.log_path(self.data) if named else self.data, target=self.target,
+                                   mode=self.filter_mode, min_user_items=self.min_user_items,
+                                   min_item_users=self.min_item_users, skip_bad_rows=self.skip_bad_rows,
+                                   synthetic_size=self.synthetic_size)
+        if named:  # a set is identified by its name; its converted log has no dates of UserBehavior's window
+            log.attrs.update(source=self.data, rows={**(log.attrs.get("rows") or {}), "outside_window": None})
+            stats.attrs["out_of_window_rows"] = None
+        return stats, log
 
-    def split(self, log: pd.DataFrame, device: str | torch.device = "auto") -> TaskData:
+    def task_data(self, log: pd.DataFrame, device: str | torch.device = "auto") -> TaskData:
         """The leakage-free split of a filtered log into device-resident task samples (`build_task_data`)."""
-        return build_task_data(log, target=self.target, seed=self.split_seed, device=device)
+        held_out = public.source_split(self.data) if self.split == "source" else None
+        return build_task_data(log, target=self.target, seed=self.split_seed, device=device, held_out=held_out)
 
     def load(self, device: str | torch.device = "auto") -> tuple[pd.DataFrame, TaskData]:
-        """`read` then `split`: the statistics and the task data."""
+        """`read` then `task_data`: the statistics and the task data."""
         stats, log = self.read()
-        return stats, self.split(log, device)
+        return stats, self.task_data(log, device)

@@ -232,8 +232,8 @@ def check_last_line(csv: str, name: str) -> None:
                          "get it again")
 
 
-def out_of_window(ts: pl.Expr) -> pl.Expr:
-    return ((ts < WINDOW[0]) | (ts >= WINDOW[1])).sum()
+def out_of_window(ts: pl.Expr, window: tuple[int, int] = WINDOW) -> pl.Expr:
+    return ((ts < window[0]) | (ts >= window[1])).sum()
 
 
 def raise_empty(name: str) -> None:

@@ -130,12 +130,17 @@ class TaskData:
 
 def build_task_data(log: pd.DataFrame, *, target: str = "buy", seed: int = 0,
                     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
-                    device: str | torch.device = "auto") -> TaskData:
+                    device: str | torch.device = "auto", held_out: pd.DataFrame | None = None) -> TaskData:
     """Split the distinct `target` pairs train/valid/test at random and build the training samples.
 
     The held-out (valid/test) target pairs are removed from every auxiliary behavior, so no held-out pair
     is a training positive. Tasks are the behaviors present, target first then `BEHAVIORS` order. The
     split depends only on `seed` (numpy), not on the device.
+
+    `held_out` gives the split instead (a source's own): rows of `user_id, item_id, split` with split in
+    train / valid / test. Its valid and test purchases are held out, and every other purchase trains; a
+    validation pair that the source also trains on is held out of training, a pair in both held-out splits
+    stays in test only. `meta["split"]` counts what was held out of what, so the cleaning is reported.
     """
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-9:
         raise ValueError(f"fractions={fractions} must be three non-negative numbers summing to 1")
@@ -153,12 +158,18 @@ def build_task_data(log: pd.DataFrame, *, target: str = "buy", seed: int = 0,
     task_keys = {b: sorted_unique(keys[codes == BEHAVIORS.index(b)]) for b in tasks}
 
     bought = task_keys[target]
-    perm = np.random.default_rng(seed).permutation(len(bought))
-    n_train = int(round(fractions[0] * len(bought)))
-    n_valid = int(round(fractions[1] * len(bought)))
-    train_buy, valid, test = (np.sort(bought[perm[:n_train]]), np.sort(bought[perm[n_train:n_train + n_valid]]),
-                              np.sort(bought[perm[n_train + n_valid:]]))
+    if held_out is None:
+        perm = np.random.default_rng(seed).permutation(len(bought))
+        n_train = int(round(fractions[0] * len(bought)))
+        n_valid = int(round(fractions[1] * len(bought)))
+        train_buy, valid, test = (np.sort(bought[perm[:n_train]]), np.sort(bought[perm[n_train:n_train + n_valid]]),
+                                  np.sort(bought[perm[n_train + n_valid:]]))
+        report: dict = {"kind": "project", "seed": int(seed)}
+    else:
+        train_buy, valid, test, report = _given_split(held_out, user_ids, item_ids, bought, seed)
     held = np.union1d(valid, test)
+    report["auxiliary_pairs_held_out"] = {b: int(np.isin(k, held, assume_unique=True).sum())
+                                          for b, k in task_keys.items() if b != target}
     task_keys = {b: train_buy if b == target else k[~np.isin(k, held, assume_unique=True)]
                  for b, k in task_keys.items()}
     positives = sorted_unique(np.concatenate(list(task_keys.values())))
@@ -174,8 +185,40 @@ def build_task_data(log: pd.DataFrame, *, target: str = "buy", seed: int = 0,
         test_csr=csr_from_keys(test, n_users, n_items, device),
         user_ids=user_ids, item_ids=item_ids,
         meta={"source": log.attrs.get("source"), "filter": log.attrs.get("filter"), "split_seed": int(seed),
-              "fractions": [float(f) for f in fractions], "rows": log.attrs.get("rows")},
+              "fractions": [float(f) for f in fractions], "rows": log.attrs.get("rows"), "split": report},
     )
+
+
+def _given_split(held_out: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray, bought: np.ndarray,
+                 seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Training, validation and test purchase keys from a given split of (raw) purchase pairs, and the counts of
+    what was cleaned: pairs outside the log, validation pairs the source also trains on, pairs in both. A source
+    without a validation split (Beibei's) has one drawn from its training purchases (`seed`), as large as its test."""
+    unknown = sorted(set(held_out["split"]) - {"train", "valid", "test"})
+    if unknown:
+        raise ValueError(f"held_out names splits {unknown}; use train, valid and test")
+    u = np.searchsorted(user_ids, held_out["user_id"].to_numpy())
+    i = np.searchsorted(item_ids, held_out["item_id"].to_numpy())
+    inside = ((u < len(user_ids)) & (i < len(item_ids)))
+    inside[inside] &= (user_ids[u[inside]] == held_out["user_id"].to_numpy()[inside]) & \
+                      (item_ids[i[inside]] == held_out["item_id"].to_numpy()[inside])
+    keys = u.astype(np.int64) * len(item_ids) + i
+    role = held_out["split"].to_numpy()
+    part = {s: sorted_unique(keys[inside & (role == s)]) for s in ("train", "valid", "test")}
+    part = {s: k[np.isin(k, bought, assume_unique=True)] for s, k in part.items()}  # purchases of the log only
+    test = part["test"]
+    drawn = 0
+    if len(part["valid"]) == 0:
+        pool = np.setdiff1d(bought, test, assume_unique=True)
+        drawn = min(len(test), len(pool))
+        part["valid"] = np.sort(np.random.default_rng(seed).choice(pool, drawn, replace=False))
+    valid = part["valid"][~np.isin(part["valid"], test, assume_unique=True)]
+    train = np.setdiff1d(bought, np.union1d(valid, test), assume_unique=True)
+    report = {"kind": "source", "outside_the_log": int((~inside).sum()),
+              "valid_also_in_source_train": int(np.isin(part["valid"], part["train"], assume_unique=True).sum()),
+              "test_also_in_source_train": int(np.isin(test, part["train"], assume_unique=True).sum()),
+              "valid_also_in_test": int(len(part["valid"]) - len(valid)), "valid_drawn_from_train": int(drawn)}
+    return train, valid, test, report
 
 
 def sample_summary(data: TaskData) -> pd.DataFrame:
