@@ -175,3 +175,13 @@ def test_a_noisier_regression_does_not_widen_its_own_band():
     committed = table([0.10, 0.20], std=0.005)
     noisy = table([0.10, 0.23], std=0.05)
     assert not checks.bands(noisy, committed, ["method"], ["ndcg@10"])["ok"].all()
+
+
+def test_a_record_made_before_a_parameter_existed_had_its_default(monkeypatch):
+    """Notebook 01 gained min_user_items (default 10, what it did before): a record without it still matches."""
+    record = {"params": {"data": "synthetic", "target": "buy", "filter_mode": "once", "split_seed": 0}}
+    now = {**record["params"], "min_user_items": 10, "min_item_users": 10, "split": "project"}
+    assert checks.params_differ(now, record, "01_data_filtering") == {}
+    changed = checks.params_differ({**now, "min_user_items": 0}, record, "01_data_filtering")
+    assert changed == {"min_user_items": (0, 10)}
+    assert "min_user_items" in checks.params_differ(now, record)  # without the notebook there is no default to use

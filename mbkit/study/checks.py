@@ -46,11 +46,19 @@ def committed_record(name: str, results_dir: str | Path | None = None) -> dict[s
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def params_differ(params: Mapping[str, Any], committed: Mapping[str, Any] | None) -> dict[str, tuple[Any, Any]]:
-    """{name: (this run's value, committed value)} for every compared parameter that differs."""
+def params_differ(params: Mapping[str, Any], committed: Mapping[str, Any] | None,
+                  notebook: str | None = None) -> dict[str, tuple[Any, Any]]:
+    """{name: (this run's value, committed value)} for every compared parameter that differs. A parameter that
+    the committed record lacks (it was made before the parameter existed) had the value that is now its default
+    in the notebook's parameters cell (`notebook`), which reproduces what the notebook did before."""
     if committed is None or "params" not in committed:
         return {}  # nothing to compare with (no record, or one from before records named their parameters)
-    theirs = committed["params"]
+    theirs = dict(committed["params"])
+    from mbkit.study.reproduce import NOTEBOOK_DIR, declared
+
+    cell = NOTEBOOK_DIR / f"{notebook}.ipynb"
+    if notebook is not None and cell.is_file():
+        theirs.update({n: v for n, (v, _) in declared(cell).items() if n not in theirs and n in params})
     names = (set(params) | set(theirs)) - NOT_COMPARED
     return {n: (params.get(n), theirs.get(n)) for n in sorted(names) if _norm(params.get(n)) != _norm(theirs.get(n))}
 
@@ -135,7 +143,7 @@ def against_committed(name: str, params: Mapping[str, Any], compare) -> str:
         return f"not compared: no committed results/{name}.json"
     if "params" not in committed:
         return f"not compared: the committed results/{name}.json does not record its parameters"
-    differ = params_differ(params, committed)
+    differ = params_differ(params, committed, notebook=name)
     if differ:
         what = ", ".join(f"{n}={a!r} (committed {b!r})" for n, (a, b) in differ.items())
         return f"not compared: parameters differ from the committed results/{name}.json: {what}"

@@ -28,7 +28,7 @@ def output_dirs(*directories: str | Path, notebook: str | None = None,
     else:
         out = [Path(d) for d in directories]
         if notebook is not None and params is not None:
-            differ = params_differ(params, committed_record(notebook))
+            differ = params_differ(params, committed_record(notebook), notebook)
             if differ:
                 key = json.dumps(jsonable(params), sort_keys=True).encode()
                 scratch = ROOT / "build" / "explore" / f"{notebook}-{hashlib.sha256(key).hexdigest()[:8]}"
