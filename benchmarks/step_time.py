@@ -1,25 +1,23 @@
-"""Time one training step (forward, per-task gradients, balancer, write-back, optimizer step).
+"""Time one training step (forward, per-task gradients, balancer, write-back, optimizer step) per method.
 
     .venv/bin/python benchmarks/step_time.py [--device auto|cpu|cuda] [--steps 30] [--scales paper,default]
 
-Compares, at paper scale (16,012 users x 24,608 items) and at the default scale (1,000 x 1,500), batch 256,
-K = 4 tasks:
-  * vanilla fast path (`GradEngine.backward_sum`: one backward of the summed loss),
-  * vanilla / MetaBalance / PCGrad (adjusted and original) and every baseline of `mbkit.balancers.BASELINES`
-    (single task, fixed weights, uncertainty weighting, DWA, GradNorm, MGDA, gradient cosine, GradVac and
-    its adjusted variant, CAGrad, GradCraft) through `GradEngine` (one batched backward for all per-task
-    gradients; loss-based methods also get the batch's per-task losses),
-  each in compact mode (sparse rows + RowAdam, i.e. SparseAdam's update), dense mode (rows to the
-  balancer, dense .grad + fused Adam) and dense mode with full (K, n_rows, D) tables handed to the
-  balancer, and
-  * the official-style reference (facebookresearch/MetaBalance's example): one backward of the summed
-    loss for the towers, then one `backward(retain_graph=True)` per task over dense tables with the
-    per-task gradients cloned per parameter and combined by MetaBalance, then default (for-loop) Adam
-    steps as in the original. It uses the same model, so the comparison is about the gradient procedure.
-Prints the median (or `--stat min`) step time over `--steps` steps after warm-up (configurations take
-turns step by step), each method's ratio to vanilla through the engine (same mode), and MetaBalance's
-ratios. `--methods` and `--modes` pick subsets. On a machine shared with other processes, two OpenMP threads that
-spin-wait can be slowed several-fold: compare with `--threads 1` or OMP_WAIT_POLICY=passive.
+Every method's step is `mbkit.train.train_step` along the path `fit` takes for it (`mbkit.train.step_path`):
+Vanilla's one backward of the summed loss; loss-weighting methods (fixed, uncertainty, DWA, RLW, FAMO) and
+MetaBalance on the shared representation through the towers' per-task gradients of h and one backward of
+the bottom; every other method through the per-task gradients of every shared tensor (one batched
+backward). The run is built as `fit` builds it (`mbkit.train.new_run`), at paper scale (16,012 users x
+24,608 items) and at the default scale (1,000 x 1,500), batch 256, K = 4 tasks, in compact mode (sparse rows
++ RowAdam, i.e. SparseAdam's update), dense mode (dense .grad + fused Adam) and dense mode with full
+(K, n_rows, D) tables handed to the balancer. Two reference rows: "vanilla per-task" (Vanilla through the
+per-task gradients of every tensor, the path diagnostics take) and, in dense mode, the official-style
+MetaBalance step (facebookresearch/MetaBalance's example: one backward of the summed loss for the towers,
+then one `backward(retain_graph=True)` per task over dense tables, the per-task gradients cloned per
+parameter and combined by MetaBalance, then default for-loop Adam steps as in the original; same model).
+
+Prints the median (or `--stat min`) step time over `--steps` steps after warm-up (configurations take turns
+step by step, so a drift of the machine's speed falls on all alike) and each method's ratio to Vanilla
+(same mode). `--methods` and `--modes` pick subsets; `--threads` defaults to 1, the training loop's.
 """
 
 from __future__ import annotations
@@ -31,33 +29,20 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mbkit.balancers import BASELINES, accepted_kwargs, make  # noqa: E402
 from mbkit.grads import GradEngine  # noqa: E402
-from mbkit.optim import make_optimizers  # noqa: E402
 from mbkit.model import ModelConfig, SharedBottomNeuMF  # noqa: E402
+from mbkit.train import TrainConfig, new_run, step_path, train_step  # noqa: E402
 from mbkit.utils import make_generator, resolve_device  # noqa: E402
 
 SCALES = {"paper": (16_012, 24_608), "default": (1_000, 1_500)}
-
-
-def make_balancer(name: str, device: torch.device):
-    """The project's balancer from `mbkit.balancers.make`, or a plain-sum stand-in if it is missing."""
-    try:
-        from mbkit.balancers import accepted_kwargs, make
-    except ImportError:
-        if name != "vanilla":
-            return None, "missing"
-        return (lambda grads: [g.sum(0) for g in grads]), "local sum"
-    try:
-        kw = {"generator": make_generator(0, device)} if "generator" in accepted_kwargs(name) else {}
-        return make(name, **kw), "mbkit.balancers"
-    except ValueError:  # a name this version of mbkit does not have
-        return None, "missing"
 
 
 def official_style_step(model, opt_shared, opt_tower, shared, towers, norms, users, items, labels, r=0.7, beta=0.9):
@@ -105,25 +90,20 @@ def time_interleaved(runners: dict, batches, steps: int, warmup: int, device: to
 MODES = {"compact": ("compact", False), "dense": ("dense", False), "dense full": ("dense", True)}
 
 
-def engine_runner(cfg, device, column: str, balancer):
-    """A step through GradEngine (balancer given) or the vanilla fast path (balancer None)."""
+def method_runner(shape, device, column: str, name: str, per_task: bool = False):
+    """`train_step` of a run of balancer `name` built as `fit` builds it, along the path `fit` takes for it
+    (`per_task`: the per-task gradients of every tensor, whatever the method)."""
     mode, full_tables = MODES[column]
-    torch.manual_seed(0)
-    model = SharedBottomNeuMF(cfg).to(device).train()
-    engine = GradEngine(model, mode, full_tables)
-    opts = make_optimizers(model, mode)
-
-    def step(u, i, y):
-        if balancer is None:
-            engine.backward_sum(u, i, y)
-        else:
-            tg = engine(u, i, y)
-            kw = {"losses": tg.losses.detach()} if getattr(balancer, "uses_losses", False) else {}
-            engine.write(tg, balancer(tg.shared, **kw))
-        for o in opts:
-            o.step()
-
-    return step
+    kwargs = {"generator": make_generator(0, device)} if "generator" in accepted_kwargs(name) else {}
+    cfg = TrainConfig(balancer=name, mode=mode, device=str(device), progress=False)
+    run, engine = new_run(shape, cfg, device)
+    if full_tables:
+        engine = GradEngine(run.model, mode, full_tables=True)
+    if kwargs:
+        run.balancer = make(name, **kwargs)
+    run.model.train()
+    path = "parameters" if per_task or full_tables else step_path(cfg, run.balancer)
+    return lambda u, i, y: train_step(run, engine, u, i, y, path=path), path
 
 
 def official_runner(cfg, device):
@@ -137,15 +117,12 @@ def official_runner(cfg, device):
     return lambda u, i, y: official_style_step(model, opt_s, opt_t, shared, towers, norms, u, i, y)
 
 
-METHODS = ("vanilla", "metabalance", "pcgrad_adjusted", "pcgrad")
-try:
-    from mbkit.balancers import BASELINES
-except ImportError:
-    BASELINES = ()
+METHODS = ("vanilla", "metabalance", "metabalance_rep", "pcgrad_adjusted", "pcgrad") + BASELINES
 STATS = {"median": statistics.median, "min": min}
 
 
-def bench_scale(n_users, n_items, *, batch, n_tasks, steps, warmup, device, sources, stat, methods, modes):
+def bench_scale(n_users, n_items, *, batch, n_tasks, steps, warmup, device, stat, methods, modes):
+    """{(row, mode): ms per step} and {row: path} of every method in every mode, timed in turns."""
     g = torch.Generator(device=device).manual_seed(0)
     batches = [
         (
@@ -155,19 +132,19 @@ def bench_scale(n_users, n_items, *, batch, n_tasks, steps, warmup, device, sour
         )
         for _ in range(16)
     ]
-    cfg = ModelConfig(n_users, n_items, n_tasks)
-    runners = {}
+    shape = SimpleNamespace(n_users=n_users, n_items=n_items, tasks=tuple(f"task{k}" for k in range(n_tasks)))
+    runners, paths = {}, {}
     for mode in modes:
-        if mode != "dense full" or "dense" not in modes:  # the fast path of dense full is the dense one
-            runners[("vanilla fast path", "dense" if mode == "dense full" else mode)] = engine_runner(
-                cfg, device, "dense" if mode == "dense full" else mode, None)
         for name in methods:
-            bal, sources[name] = make_balancer(name, device)
-            if bal is not None:
-                runners[(f"{name} engine", mode)] = engine_runner(cfg, device, mode, bal)
+            runners[(name, mode)], paths[name if mode != "dense full" else (name, mode)] = method_runner(
+                shape, device, mode, name)
+        runners[("vanilla per-task", mode)], paths["vanilla per-task"] = method_runner(
+            shape, device, mode, "vanilla", per_task=True)
     if "dense" in modes:
+        cfg = ModelConfig(n_users, n_items, n_tasks)
         runners[("official-style metabalance", "dense")] = official_runner(cfg, device)
-    return time_interleaved(runners, batches, steps, warmup, device, stat)
+        paths["official-style metabalance"] = "one backward per task"
+    return time_interleaved(runners, batches, steps, warmup, device, stat), paths
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -178,10 +155,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--tasks", type=int, default=4)
     ap.add_argument("--scales", default="paper,default", help="comma-separated subset of: " + ",".join(SCALES))
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
+    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1, the training loop's)")
     ap.add_argument("--stat", choices=tuple(STATS), default="median",
                     help="statistic over the timed steps (min is robust to other processes on the machine)")
-    ap.add_argument("--methods", default=",".join(METHODS + BASELINES),
+    ap.add_argument("--methods", default=",".join(METHODS),
                     help="comma-separated balancer names (vanilla is always included)")
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of: " + ",".join(MODES))
     args = ap.parse_args(argv)
@@ -196,33 +173,31 @@ def main(argv: list[str] | None = None) -> None:
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
     load = ", load average %.1f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
     print(f"device: {device} ({dev_name}), torch {torch.__version__}, threads {torch.get_num_threads()}{load}, "
-          f"batch {args.batch}, K={args.tasks}, {args.stat} of {args.steps} steps after {args.warmup} warm-up, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
-    sources: dict[str, str] = {}
+          f"batch {args.batch}, K={args.tasks}, {args.stat} of {args.steps} steps after {args.warmup} warm-up")
     for scale in args.scales.split(","):
         n_users, n_items = SCALES[scale]
-        res = bench_scale(n_users, n_items, batch=args.batch, n_tasks=args.tasks, steps=args.steps,
-                          warmup=args.warmup, device=device, sources=sources, stat=STATS[args.stat],
-                          methods=methods, modes=modes)
+        res, paths = bench_scale(n_users, n_items, batch=args.batch, n_tasks=args.tasks, steps=args.steps,
+                                 warmup=args.warmup, device=device, stat=STATS[args.stat], methods=methods,
+                                 modes=modes)
         print(f"\n## {scale} scale: {n_users:,} users x {n_items:,} items")
-        print("| step (ms) | " + " | ".join(modes) + " | " + " | ".join(f"/ vanilla engine ({m})" for m in modes) + " |")
-        print("|---|" + "---:|" * (2 * len(modes)))
-        for name in ("vanilla fast path", *(f"{m} engine" for m in methods), "official-style metabalance"):
+        print("| step (ms) | path | " + " | ".join(modes) + " | " + " | ".join(f"/ Vanilla ({m})" for m in modes)
+              + " |")
+        print("|---|---|" + "---:|" * (2 * len(modes)))
+        for name in (*methods, "vanilla per-task", "official-style metabalance"):
             cells = [f"{res[(name, m)]:.2f}" if (name, m) in res else "-" for m in modes]
-            ratios = [f"{res[(name, m)] / res[('vanilla engine', m)]:.2f}x" if (name, m) in res else "-" for m in modes]
+            ratios = [f"{res[(name, m)] / res[('vanilla', m)]:.2f}x" if (name, m) in res else "-" for m in modes]
             if any(c != "-" for c in cells):
-                print(f"| {name} | " + " | ".join(cells + ratios) + " |")
+                print(f"| {name} | {paths.get(name, '-')} | " + " | ".join(cells + ratios) + " |")
         for mode in modes:
-            if ("metabalance engine", mode) not in res:
-                continue
-            fast = res[("vanilla fast path", "dense" if mode == "dense full" else mode)]
-            mb, ve = res[("metabalance engine", mode)], res[("vanilla engine", mode)]
-            line = (f"{mode:>10}: MetaBalance / vanilla fast path = {mb / fast:5.2f}x, "
-                    f"MetaBalance / vanilla engine = {mb / ve:5.2f}x")
-            if ("official-style metabalance", "dense") in res:
-                line += f", official-style / MetaBalance = {res[('official-style metabalance', 'dense')] / mb:5.1f}x"
-            print(line)
-    print("\nbalancers from: " + ", ".join(f"{k}={v}" for k, v in sources.items()))
+            ratio = {name: res[(name, mode)] / res[("vanilla", mode)] for name in methods if (name, mode) in res}
+            if "metabalance" in ratio:
+                line = f"{mode:>10}: MetaBalance / Vanilla = {ratio['metabalance']:5.2f}x"
+                if "metabalance_rep" in ratio and mode != "dense full":
+                    line += f", MetaBalance on h / Vanilla = {ratio['metabalance_rep']:5.2f}x"
+                if mode == "dense" and ("official-style metabalance", "dense") in res:
+                    line += (f", official-style / MetaBalance = "
+                             f"{res[('official-style metabalance', 'dense')] / res[('metabalance', mode)]:5.1f}x")
+                print(line)
 
 
 if __name__ == "__main__":

@@ -34,9 +34,10 @@ SCHEMA = "mbkit-run/2"
 # the run is watched or evaluated in batches, never what is trained. (Not diagnostics_every: it moves
 # Vanilla from its one-backward path to the per-task one, whose float sums differ in their last bits.)
 RESUMABLE_CHANGES: frozenset[str] = frozenset(
-    {"epochs", "patience", "progress", "device", "eval_batch_users", "nan_check_every", "test_mask"})
-# Settings added after runs were recorded without them: such a run behaved as the value given here.
-LATER_SETTINGS: dict[str, Any] = {"test_mask": "train"}
+    {"epochs", "patience", "progress", "device", "eval_batch_users", "nan_check_every", "test_mask", "threads"})
+# Settings added after runs were recorded without them: such a run behaved as the value given here (runs
+# before `threads` ran with the process's setting, one thread under the make targets).
+LATER_SETTINGS: dict[str, Any] = {"test_mask": "train", "threads": 1}
 _CHECKPOINT_KEYS = frozenset({"schema", "config", "fingerprint", "code", "resumes", "epoch", "resumable",
                               "model", "optimizers", "balancer", "sampler_rng", "torch_rng", "cuda_rng",
                               "history", "best", "diagnostics"})

@@ -28,6 +28,11 @@ differ in how the combined gradient is optimised:
   momentum. ``full_tables=True`` hands the balancer the literal (K, n_rows, D) tables instead of rows
   (for balancers that are not invariant to zero rows; about 2x slower at paper scale on CPU).
 
+A balancer may instead act on the shared representation (`representation`, e.g. MetaBalance at the level of
+h, the form MultiBalance builds on): it sees only step 2's dL_k/dh (K, B, rep_dim), and its one combined
+cotangent (B, rep_dim) goes through the bottom in one ordinary backward, so such a step costs about what a
+plain sum does.
+
 The two modes therefore train differently (`benchmarks/compact_vs_dense.py` compares their metrics over
 seeds). Host-device synchronisation on CUDA: dense mode has none (its rows are the sorted ids
 padded to the batch size, see `TaskGrads.rows`); compact mode has one per id tensor (`torch.unique`,
@@ -37,6 +42,7 @@ whose size is data-dependent) and builds its sparse gradients already coalesced,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +63,8 @@ class TaskGrads:
     # compact mode: the unique ids of the batch. dense mode: R_j = B, the unique ids followed by copies of
     # the largest one whose gradient rows are zero (a static shape, so no host sync on CUDA)
     towers: dict[str, Tensor]  # tower parameter name -> gradient of its own task's loss
+    # representation level (`GradEngine.representation`): sends the combined dL/dh through the bottom
+    bottom: Callable[[Tensor], None] | None = None
 
 
 def _check_mode(mode: str) -> None:
@@ -150,6 +158,30 @@ class GradEngine:
         towers = {n: t.contiguous() for n, t in zip(self.tower_params, g_towers)}  # bmm grads are transposed views
         return TaskGrads(losses.detach(), shared, rows, towers)
 
+    def representation(self, users: Tensor, items: Tensor, labels: Tensor) -> TaskGrads:
+        """Per-task gradients of the shared representation h instead of the shared parameters.
+
+        `shared` is the single tensor [dL_k/dh] (K, B, rep_dim) from the towers' backward (no batched
+        backward through the bottom); `bottom(dh)` then sends one combined (B, rep_dim) cotangent through
+        the shared bottom in one ordinary backward and sets its `.grad` as `backward_sum` does. The bottom's
+        graph is kept until `bottom` is called.
+        """
+        ids, leaves, h = self._forward_bottom(users, items)
+        n_tasks = self.model.cfg.n_tasks
+        h_tasks = h.detach().expand(n_tasks, *h.shape).requires_grad_()
+        losses = self._losses(self.model.heads(h_tasks), labels)
+        towers = list(self.tower_params.values())
+        dh, *g_towers = torch.autograd.grad(losses.sum(), [h_tasks, *towers])
+
+        def bottom(combined: Tensor) -> None:
+            if combined.shape != h.shape:
+                raise ValueError(f"the combined representation gradient must have shape {tuple(h.shape)}, "
+                                 f"got {tuple(combined.shape)}")
+            self._backward_bottom(ids, leaves, h, combined)
+
+        towers_g = {n: t.contiguous() for n, t in zip(self.tower_params, g_towers)}
+        return TaskGrads(losses.detach(), [dh], [None], towers_g, bottom=bottom)
+
     # --- writing back ------------------------------------------------------------------------------------
     def _table_grad(self, name: str, rows: Tensor, values: Tensor) -> Tensor:
         """.grad of table `name` from row values (R, D): sparse COO (compact) or dense (dense)."""
@@ -170,8 +202,16 @@ class GradEngine:
             )
         for (n, p), g, r in zip(self.shared.items(), combined, tg.rows):
             p.grad = g.reshape(p.shape).contiguous() if r is None else self._table_grad(n, r, g)
+        self.write_towers(tg)
+
+    def write_towers(self, tg: TaskGrads) -> None:
+        """Set `.grad` of every tower parameter to its own task's gradient."""
         for n, g in tg.towers.items():
             self.tower_params[n].grad = g.contiguous()
+
+    def losses(self, users: Tensor, items: Tensor, labels: Tensor) -> Tensor:
+        """(K,) per-task mean losses of a batch under the model's current weights and mode (no gradient)."""
+        return self._losses(self.model(users, items), labels).detach()
 
     def backward_sum(self, users: Tensor, items: Tensor, labels: Tensor) -> Tensor:
         """Vanilla fast path: one backward of sum_k L_k; sets `.grad` as `write` would; returns (K,) losses.
@@ -185,9 +225,21 @@ class GradEngine:
         inputs = [leaves[n] if n in leaves else self.shared[n] for n in names]
         towers = list(self.tower_params.values())
         grads = torch.autograd.grad(losses.sum(), inputs + towers, allow_unused=True, materialize_grads=True)
+        self._set_shared_grads(ids, grads[: len(names)])
+        for p, g in zip(towers, grads[len(names) :]):
+            p.grad = g.contiguous()
+        return losses.detach()
+
+    def _backward_bottom(self, ids: dict[str, Tensor], leaves: dict[str, Tensor], h: Tensor, dh: Tensor) -> None:
+        """One backward of the bottom from the cotangent `dh` of h; sets `.grad` of every shared tensor."""
+        inputs = [leaves[n] if n in leaves else p for n, p in self.shared.items()]
+        grads = torch.autograd.grad(h, inputs, grad_outputs=dh, allow_unused=True, materialize_grads=True)
+        self._set_shared_grads(ids, grads)
+
+    def _set_shared_grads(self, ids: dict[str, Tensor], grads: Sequence[Tensor]) -> None:
+        """`.grad` of the shared tensors from one gradient each (gathered rows (B, D) for the tables)."""
         slots = self._rows(ids) if self.mode == "compact" else {}
-        for n, g in zip(names, grads):
-            p = self.shared[n]
+        for (n, p), g in zip(self.shared.items(), grads):
             if n not in ids:
                 p.grad = g.contiguous()
             elif self.mode == "compact":
@@ -195,10 +247,6 @@ class GradEngine:
                 p.grad = self._table_grad(n, r, g.new_zeros(len(r), g.shape[-1]).index_add_(0, inv, g))
             else:
                 p.grad = g.new_zeros(p.shape).index_add_(0, ids[n], g)  # what the embedding backward does
-        for p, g in zip(towers, grads[len(names) :]):
-            p.grad = g.contiguous()
-        return losses.detach()
-
 
 def grad_stats(tg: TaskGrads) -> tuple[Tensor, Tensor]:
     """(J, K) Frobenius norms of each task's gradient per shared tensor, and (J, K) cosine to the target's.

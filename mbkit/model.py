@@ -132,33 +132,39 @@ class SharedBottomNeuMF(nn.Module):
 
     # --- full ranking ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def score_items(self, users: Tensor, max_elems: int = 1 << 22) -> Tensor:
+    def score_items(self, users: Tensor, block_rows: int = 8192, user_block: int = 256) -> Tensor:
         """Target-tower logits (U, n_items) of `users` against ALL items, eval semantics (no dropout).
 
         Pair cost is kept low by splitting the first MLP layer, W [u; i] + b = (W_u u + b) + W_i i: the
         per-user and per-item parts are computed once per call. The first tower layer is split the same
         way, T [u * i; z] = T_mf (u * i) + T_z z, so that the shared representation is never
-        concatenated. Items are processed in chunks whose activations hold at most ~`max_elems` floats
-        (U * chunk * widest layer), which bounds memory; runs in float32 even under autocast.
+        concatenated. Pairs are processed in blocks of at most `user_block` users x as many items as keep
+        the block near `block_rows` (user, item) rows: a block's activations (8,192 x 64 floats, 2 MiB) stay
+        in the cache, which at paper scale scores ~1.5x faster than blocks of millions of pairs. Every
+        pair's arithmetic is the same whatever the blocks; runs in float32 even under autocast.
         """
+        if block_rows < 1 or user_block < 1:
+            raise ValueError(f"block_rows and user_block must be >= 1, got {block_rows} and {user_block}")
         d, n_items, n_users = self.cfg.emb_dim, self.cfg.n_items, users.numel()
         mlp, tower = list(self.mlp), list(self.towers[0])
         w1, t1 = mlp[0].weight, tower[0].weight  # (H1, 2D), (T1, D + mlp_out)
         with torch.autocast(users.device.type, enabled=False):
             pu = F.linear(self.user_mlp(users), w1[:, :d], mlp[0].bias)  # (U, H1) per-user part
             pi = self.item_mlp.weight @ w1[:, d:].T  # (n_items, H1) per-item part, once per call
-            u_mf = self.user_mf(users)  # (U, D)
-            widest = max(d, *(lin.out_features for lin in mlp + tower))
-            chunk = max(1, max_elems // max(1, n_users * widest))
+            u_mf, i_mf = self.user_mf(users), self.item_mf.weight  # (U, D), (n_items, D)
+            t_mf, t_z = t1[:, :d].T, t1[:, d:].T
             out = u_mf.new_empty(n_users, n_items)
-            for s in range(0, n_items, chunk):
-                e = min(s + chunk, n_items)
-                z = (pu[:, None, :] + pi[None, s:e]).relu_().view(-1, pu.shape[1])  # (U*C, H1)
-                for lin in mlp[1:]:
-                    z = torch.addmm(lin.bias, z, lin.weight.T).relu_()  # (U*C, 8) at the end
-                mf = (u_mf[:, None, :] * self.item_mf.weight[None, s:e]).view(-1, d)  # (U*C, D)
-                t = torch.addmm(tower[0].bias, mf, t1[:, :d].T).addmm_(z, t1[:, d:].T)  # (U*C, T1)
-                for lin in tower[1:]:
-                    t = torch.addmm(lin.bias, t.relu_(), lin.weight.T)
-                out[:, s:e] = t.view(n_users, e - s)
+            for a in range(0, n_users, user_block):
+                b = min(a + user_block, n_users)
+                chunk = max(1, block_rows // (b - a))
+                for s in range(0, n_items, chunk):
+                    e = min(s + chunk, n_items)
+                    z = (pu[a:b, None, :] + pi[None, s:e]).relu_().view(-1, pu.shape[1])  # (U*C, H1)
+                    for lin in mlp[1:]:
+                        z = torch.addmm(lin.bias, z, lin.weight.T).relu_()  # (U*C, 8) at the end
+                    mf = (u_mf[a:b, None, :] * i_mf[None, s:e]).view(-1, d)  # (U*C, D)
+                    t = torch.addmm(tower[0].bias, mf, t_mf).addmm_(z, t_z)  # (U*C, T1)
+                    for lin in tower[1:]:
+                        t = torch.addmm(lin.bias, t.relu_(), lin.weight.T)
+                    out[a:b, s:e] = t.view(b - a, e - s)
         return out

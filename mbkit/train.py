@@ -37,7 +37,7 @@ from mbkit.model import ModelConfig, SharedBottomNeuMF
 from mbkit.optim import make_optimizers
 from mbkit.provenance import write_json
 from mbkit.rundir import Replaced, claim_run_dir, lock_run_dir
-from mbkit.utils import (atomic_write, check_progress, make_generator, progress_bar, resolve_device,
+from mbkit.utils import (atomic_write, check_progress, cpu_threads, make_generator, progress_bar, resolve_device,
                          seed_everything, setting)
 
 
@@ -83,6 +83,8 @@ class TrainConfig:
                              "and validation items (train+valid)", choices=MASKS)
     progress: bool | str = setting(True, "epoch bar: auto (a widget in JupyterLab, text elsewhere), text, or off",
                                    choices=("auto", "text", "off"), parse=_progress)
+    threads: int = setting(1, "CPU threads of each op while training and ranking; 1 suits this model's small ops and "
+                           "keeps a busy machine from stalling them (0: torch's default, every core)")
     emb_dim: int = setting(64, "size of each of NeuMF's four embeddings (the study's)")
     mlp_layers: tuple[int, ...] = setting((32, 16, 8), "widths of NeuMF's MLP branch (the study's)")
     tower_layers: tuple[int, ...] = setting((64, 32), "hidden widths of each task's tower (the study's)")
@@ -97,7 +99,7 @@ class TrainConfig:
             raise ValueError(f"mode must be 'compact' or 'dense', got {self.mode!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
-        for name in ("num_neg", "seed", "diagnostics_every", "nan_check_every"):
+        for name in ("num_neg", "seed", "diagnostics_every", "nan_check_every", "threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
         if not 0 < self.lr <= 1 or not 0 <= self.weight_decay < math.inf:
@@ -226,50 +228,72 @@ class _FiniteGuard:
         self.pending.clear()
 
 
-def sums_losses(config: TrainConfig, balancer: Any) -> bool:
-    """Whether a step may take one backward of the summed loss (Vanilla, which needs no per-task gradients)."""
-    return config.balancer == "vanilla" and not getattr(balancer, "uses_losses", False)
+PATHS = ("sum", "representation", "parameters")
+
+
+def step_path(config: TrainConfig, balancer: Any, diagnose: bool = False) -> str:
+    """How a step computes its gradients. "sum": one backward of the summed loss (Vanilla). "representation":
+    the towers' per-task gradients of h, combined by the balancer, then one backward through the bottom (a
+    balancer of `level` "representation", and those with `scalar_weights`, whose sum_k w_k g_k over the
+    parameters is exactly the backward of sum_k w_k dL_k/dh). "parameters": every shared tensor's per-task
+    gradients in one batched backward. Diagnostics (`diagnose`) need the parameters' per-task gradients."""
+    if getattr(balancer, "level", "parameters") == "representation":
+        return "representation"
+    if diagnose:
+        return "parameters"
+    if config.balancer == "vanilla":
+        return "sum"
+    return "representation" if getattr(balancer, "scalar_weights", False) else "parameters"
 
 
 def train_step(run: RunState, engine: GradEngine, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor,
-               *, per_task: bool = True, amp: bool = False,
+               *, path: str = "parameters", amp: bool = False,
                check: Callable[[torch.Tensor], None] | None = None) -> tuple[torch.Tensor, Any]:
-    """One optimisation step of `run` on a batch: the per-task gradients of the shared tensors, the balancer's
-    combination written back, every optimizer's step. `per_task=False` (Vanilla only) takes one backward of
-    the summed loss instead. `check(losses)` sees the (K,) per-task losses before anything is updated.
-    Returns the losses and the per-task gradients (None on the summed path)."""
+    """One optimisation step of `run` on a batch along `path` (see `step_path`): the per-task gradients, the
+    balancer's combination written back, every optimizer's step. `check(losses)` sees the (K,) per-task
+    losses before anything is updated. A balancer that `uses_losses_after_step` (FAMO) then gets the same
+    batch's losses after the step. Returns the losses and the per-task gradients (None on the "sum" path)."""
+    if path not in PATHS:
+        raise ValueError(f"path={path!r}; use one of {PATHS}")
     tg = None
+    balancer = run.balancer
     with torch.autocast(users.device.type, dtype=torch.bfloat16, enabled=amp):
-        if per_task:
-            tg = engine(users, items, labels)
-            losses = tg.losses
-        else:
+        if path == "sum":
             losses = engine.backward_sum(users, items, labels)
+        else:
+            tg = (engine.representation if path == "representation" else engine)(users, items, labels)
+            losses = tg.losses
     losses = losses.detach()
     if check is not None:
         check(losses)
-    if per_task:
+    if tg is not None:
         # (K,) per-task mean losses of this batch, target first, for balancers that weigh by loss
-        balancer = run.balancer
         uses_losses = getattr(balancer, "uses_losses", False)
         combined = balancer(tg.shared, losses=losses) if uses_losses else balancer(tg.shared)
-        engine.write(tg, combined)
+        if tg.bottom is not None:
+            tg.bottom(combined[0])
+            engine.write_towers(tg)
+        else:
+            engine.write(tg, combined)
     for opt in run.optimizers:
         opt.step()
         opt.zero_grad(set_to_none=True)
+    if getattr(balancer, "uses_losses_after_step", False):
+        with torch.no_grad(), torch.autocast(users.device.type, dtype=torch.bfloat16, enabled=amp):
+            after = engine.losses(users, items, labels)
+        balancer.after_step(after)
     return losses, tg
 
 
 def _train_epoch(run: RunState, data: TaskData, engine: GradEngine, config: TrainConfig, guard: _FiniteGuard,
                  step: int, epoch: int, amp: bool) -> tuple[int, torch.Tensor]:
     """One epoch of steps; returns the global step count after it and the (K,) summed per-task losses."""
-    fast_vanilla = sums_losses(config, run.balancer)
     run.model.train()
     loss_sum = torch.zeros(len(data.tasks), device=data.device)
     for users, items, labels in data.batches(config.batch_size, run.sampler, num_neg=config.num_neg):
         want_diag = config.diagnostics_every > 0 and step % config.diagnostics_every == 0
-        per_task = want_diag or not fast_vanilla  # vanilla without diagnostics: one summed backward
-        losses, tg = train_step(run, engine, users, items, labels, per_task=per_task, amp=amp,
+        losses, tg = train_step(run, engine, users, items, labels, path=step_path(config, run.balancer, want_diag),
+                                amp=amp,
                                 check=lambda losses: guard.add(losses, step, epoch, run))
         if want_diag:
             run.diagnostics.append(diagnostics.sample(step, epoch, tg, getattr(run.balancer, "last_weights", None)))
@@ -316,6 +340,12 @@ def fit(data: TaskData, config: TrainConfig | None = None, *, checkpoint_dir: st
     `on_epoch(epoch, epochs)` is called after every completed epoch (e.g. by a grid's progress bar).
     """
     config = config or TrainConfig()
+    with cpu_threads(config.threads):
+        return _claim_and_fit(data, config, checkpoint_dir, resume, overwrite, on_epoch)
+
+
+def _claim_and_fit(data: TaskData, config: TrainConfig, checkpoint_dir: str | Path | None, resume: str | Path | None,
+                   overwrite: bool, on_epoch: Callable[[int, int], None] | None) -> FitResult:
     ckpt = load_checkpoint(resume) if resume is not None else None
     if ckpt is not None:
         check_resume(ckpt, dataclasses.asdict(config), None, resume)  # no data work for a wrong checkpoint
@@ -345,7 +375,9 @@ def _fit(data: TaskData, config: TrainConfig, ckpt: dict[str, Any] | None, resum
     if ckpt is not None:
         run.restore(ckpt, resume)
         run.resumes.append(resume_entry(ckpt, changed, resume))
-    names = list(model.shared_parameters())
+    # the tensors a balancer sees: the shared parameters, or the shared representation h
+    rep = getattr(run.balancer, "level", "parameters") == "representation"
+    names = ["representation"] if rep else list(model.shared_parameters())
     amp = config.amp and device.type == "cuda"
     guard = _FiniteGuard(config.nan_check_every or (1 if device.type == "cpu" else 50), data.tasks, checkpoint_dir)
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import random
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -30,6 +31,21 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """Run the block with `n` intra-op CPU threads (`torch.set_num_threads`), then restore the count; 0 leaves
+    torch's setting as it is. Ops as small as this model's gain nothing from a second thread, and on a busy
+    machine every thread waits at each op for a core another process holds."""
+    before = torch.get_num_threads()
+    if n and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:

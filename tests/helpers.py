@@ -40,6 +40,11 @@ def losses_of(k: int = 4, step: int = 0, device="cpu") -> torch.Tensor:
 
 
 def call(bal, grads: list[torch.Tensor], step: int = 0, combine: bool = True) -> list[torch.Tensor]:
-    """A balancer's combined gradient (or its transform, reduced), with losses for the loss-based ones."""
-    kw = {"losses": losses_of(grads[0].shape[0], step, grads[0].device)} if getattr(bal, "uses_losses", False) else {}
-    return bal(grads, **kw) if combine else bal.reduce(bal.transform(grads, **kw))
+    """A balancer's combined gradient (or its transform, reduced), with losses for the loss-based ones; a
+    balancer that sees the losses after the step (FAMO) gets the next step's."""
+    k, device = grads[0].shape[0], grads[0].device
+    kw = {"losses": losses_of(k, step, device)} if getattr(bal, "uses_losses", False) else {}
+    out = bal(grads, **kw) if combine else bal.reduce(bal.transform(grads, **kw))
+    if getattr(bal, "uses_losses_after_step", False):
+        bal.after_step(losses_of(k, step + 1, device))
+    return out

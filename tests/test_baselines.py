@@ -449,7 +449,7 @@ def test_gradnorm_favours_the_slower_task():
     assert bal.weights[1] > 1.0 > bal.weights[0]
 
 
-@pytest.mark.parametrize("name", sorted(LOSS_METHODS))
+@pytest.mark.parametrize("name", sorted(LOSS_METHODS | {"famo"}))
 def test_loss_methods_need_losses(name):
     bal = make(name)
     assert bal.uses_losses
@@ -514,7 +514,7 @@ def test_registry_labels_and_reprs():
         "single_task": "Single task", "fixed": "Fixed weights (aux 0.5)", "uncertainty": "Uncertainty weighting",
         "dwa": "DWA (T=2)", "gradnorm": "GradNorm (alpha=1.5)", "mgda": "MGDA", "cosine": "Gradient cosine",
         "gradvac": "GradVac", "gradvac_adjusted": "GradVac (adjusted)", "cagrad": "CAGrad (c=0.4)",
-        "gradcraft": "GradCraft",
+        "gradcraft": "GradCraft", "rlw": "RLW", "famo": "FAMO",
     }
     for name in BASELINES:
         bal = make(name)

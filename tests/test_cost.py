@@ -10,7 +10,7 @@ import torch
 from helpers import TINY
 from mbkit.study import cost
 from mbkit.study.methods import Method
-from mbkit.train import TrainConfig, fit, new_run, train_step
+from mbkit.train import TrainConfig, fit, new_run, step_path, train_step
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def test_every_method_is_timed_in_turns_from_its_own_steps(data, monkeypatch):
     real = cost.train_step
 
     def spy(run, engine, users, items, labels, **kw):
-        calls.append((run.config["balancer"], kw["per_task"]))
+        calls.append((run.config["balancer"], kw["path"]))
         return real(run, engine, users, items, labels, **kw)
 
     monkeypatch.setattr(cost, "train_step", spy)
@@ -39,8 +39,8 @@ def test_every_method_is_timed_in_turns_from_its_own_steps(data, monkeypatch):
     rounds = [calls[i:i + 3] for i in range(0, 15, 3)]
     assert all(sorted(b for b, _ in r) == ["metabalance", "uncertainty", "vanilla"] for r in rounds)
     assert [r[0][0] for r in rounds[:3]] == ["vanilla", "metabalance", "uncertainty"]
-    # Vanilla takes the one-backward path of training, the others the per-task gradients
-    assert {p for b, p in calls if b == "vanilla"} == {False} and all(p for b, p in calls if b != "vanilla")
+    # each method takes its path of training: Vanilla one backward, loss weighting the representation's
+    assert {b: p for b, p in calls} == {"vanilla": "sum", "metabalance": "parameters", "uncertainty": "representation"}
 
 
 def test_steps_train_the_model_as_fit_does(data):
@@ -51,7 +51,7 @@ def test_steps_train_the_model_as_fit_does(data):
     run, engine = new_run(data, cfg, torch.device("cpu"))
     run.model.train()
     for users, items, labels in data.batches(cfg.batch_size, run.sampler, num_neg=cfg.num_neg):
-        train_step(run, engine, users, items, labels)
+        train_step(run, engine, users, items, labels, path=step_path(cfg, run.balancer))
     for (name, a), b in zip(trained.state_dict().items(), run.model.state_dict().values()):
         assert torch.equal(a, b), name
 

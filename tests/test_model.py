@@ -70,25 +70,28 @@ def test_one_dropout_mask_shared_by_all_tasks() -> None:
 
 
 @pytest.mark.parametrize(
-    "max_elems, layers",
+    "blocks, layers",
     [
-        (1 << 24, {}),  # one chunk
-        (50, {}),  # many uneven chunks
-        (200, {"mlp_layers": (5,), "tower_layers": ()}),  # one MLP layer; towers = one Linear
+        ({}, {}),  # one block
+        ({"block_rows": 7, "user_block": 2}, {}),  # many uneven blocks of users and items
+        ({"block_rows": 1, "user_block": 1}, {}),  # one pair per block
+        ({"block_rows": 40}, {"mlp_layers": (5,), "tower_layers": ()}),  # one MLP layer; towers = one Linear
     ],
 )
-def test_score_items_equals_forward_in_eval_mode(max_elems: int, layers: dict) -> None:
+def test_score_items_equals_forward_in_eval_mode(blocks: dict, layers: dict) -> None:
     m = small_model(**layers)
     perturb(m)
     users = torch.tensor([0, 3, 3, 10, 7])
     m.train()  # score_items must ignore the train flag (eval semantics)
-    scores = m.score_items(users, max_elems=max_elems)
+    scores = m.score_items(users, **blocks)
     m.eval()
     n_items = m.cfg.n_items
     ref = m(users.repeat_interleave(n_items), torch.arange(n_items).repeat(len(users)))[:, 0].view(len(users), n_items)
     assert scores.shape == (5, n_items)
     assert ref.std() > 0.1
     torch.testing.assert_close(scores, ref.detach(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="block_rows and user_block must be >= 1"):
+        m.score_items(users, block_rows=0)
 
 
 def test_config_errors_say_what_to_do() -> None:

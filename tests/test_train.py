@@ -26,7 +26,8 @@ def test_same_seed_same_metrics_and_different_seed_differs(task_data):
 
 
 @pytest.mark.parametrize("balancer,kwargs", [("metabalance", {"relax_factor": 0.7}),
-                                             ("metabalance+pcgrad", {"relax_factor": 0.5})])
+                                             ("metabalance+pcgrad", {"relax_factor": 0.5}),
+                                             ("metabalance_rep", {"relax_factor": 0.5}), ("famo", {}), ("rlw", {})])
 def test_resumed_run_equals_uninterrupted(tmp_path, task_data, balancer, kwargs):
     cfg = dataclasses.replace(CFG, epochs=3, balancer=balancer, balancer_kwargs=kwargs)
     full = fit(task_data, cfg)

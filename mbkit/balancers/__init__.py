@@ -14,13 +14,15 @@ tensor([1.0000, 0.6500])
 >>> str(make("metabalance+pcgrad"))
 'MetaBalance + PCGrad'
 
-Registry names: "vanilla", "metabalance", "pcgrad_adjusted", "pcgrad", the baselines in
-`BASELINES` ("single_task", "fixed", "uncertainty", "dwa", "gradnorm", "mgda", "cosine",
-"gradvac", "gradvac_adjusted", "cagrad", "gradcraft"), and any "+"-joined chain of them (e.g.
-"metabalance+pcgrad"), whose keyword arguments go to the members that accept them;
-`make("chain", balancers=[...])` chains names or instances. `METHODS` lists the six methods of
-the study's comparison in order. Loss-based methods (`uses_losses`) are called with the batch's
-per-task losses, and DWA has an `end_epoch()` (see `base`):
+Registry names: "vanilla", "metabalance", "metabalance_rep" (MetaBalance on the shared
+representation), "pcgrad_adjusted", "pcgrad", the baselines in `BASELINES` ("single_task", "fixed",
+"uncertainty", "dwa", "gradnorm", "rlw", "famo", "mgda", "cosine", "gradvac", "gradvac_adjusted",
+"cagrad", "gradcraft"), and any "+"-joined chain of them (e.g. "metabalance+pcgrad"), whose keyword
+arguments go to the members that accept them; `make("chain", balancers=[...])` chains names or
+instances. `METHODS` lists the six methods of the study's comparison in order. Loss-based methods
+(`uses_losses`) are called with the batch's per-task losses, FAMO also sees the batch's losses after the
+step (`uses_losses_after_step`), DWA has an `end_epoch()`, and a balancer with `level = "representation"`
+is handed dL_k/dh instead of the parameters' gradients (see `base`):
 
 >>> bal = make("uncertainty")
 >>> bal.uses_losses, str(bal)
@@ -44,9 +46,11 @@ from .gradcraft import GradCraft
 from .gram import CoefficientBalancer
 from .gradnorm import GradNorm
 from .gradvac import GradVac, GradVacAdjusted
-from .metabalance import STRATEGIES, MetaBalance
+from .famo import FAMO
+from .metabalance import STRATEGIES, MetaBalance, RepresentationMetaBalance
 from .mgda import MGDA
 from .pcgrad import PCGrad, PCGradAdjusted
+from .rlw import RandomLossWeighting
 from .single_task import SingleTask
 from .uncertainty import UncertaintyWeighting
 from .vanilla import Vanilla
@@ -54,6 +58,7 @@ from .vanilla import Vanilla
 REGISTRY: dict[str, type[GradientBalancer]] = {
     "vanilla": Vanilla,
     "metabalance": MetaBalance,
+    "metabalance_rep": RepresentationMetaBalance,
     "pcgrad_adjusted": PCGradAdjusted,
     "pcgrad": PCGrad,
     "single_task": SingleTask,
@@ -61,6 +66,8 @@ REGISTRY: dict[str, type[GradientBalancer]] = {
     "uncertainty": UncertaintyWeighting,
     "dwa": DWA,
     "gradnorm": GradNorm,
+    "rlw": RandomLossWeighting,
+    "famo": FAMO,
     "mgda": MGDA,
     "cosine": GradCosine,
     "gradvac": GradVac,
@@ -86,6 +93,8 @@ BASELINES: tuple[str, ...] = (
     "uncertainty",
     "dwa",
     "gradnorm",
+    "rlw",
+    "famo",
     "mgda",
     "cosine",
     "gradvac",
@@ -149,6 +158,7 @@ __all__ = [
     "Chain",
     "CoefficientBalancer",
     "DWA",
+    "FAMO",
     "FixedWeights",
     "GradCosine",
     "GradCraft",
@@ -166,6 +176,8 @@ __all__ = [
     "PCGrad",
     "PCGradAdjusted",
     "REDUCTIONS",
+    "RandomLossWeighting",
+    "RepresentationMetaBalance",
     "REGISTRY",
     "STRATEGIES",
     "Vanilla",

@@ -19,6 +19,15 @@ GradNorm). There is no second class hierarchy: two optional, duck-typed members 
     on the gradients' device. Balancers without the attribute are called as `balancer(grads)`.
   * `end_epoch()` (optional method): called by the loop after every training epoch, after the
     last step and before the checkpoint of that epoch is written (DWA closes its epoch average).
+  * `uses_losses_after_step = True` with `after_step(losses)` (FAMO): after the optimizers' step the
+    loop evaluates the same batch again without gradients and hands the balancer its (K,) losses.
+  * `level = "representation"` (class attribute; default "parameters"): the balancer is handed one
+    tensor, the per-task gradients dL_k/dh (K, B, rep_dim) of the shared representation, and its
+    combined dL/dh is back-propagated through the shared bottom (`GradEngine.representation`).
+  * `scalar_weights = True` (class attribute): the combination is sum_k w_k g_k with one weight per task
+    for every tensor, and the weights do not depend on the gradients (loss weighting). Such a method gives
+    the same combination when handed dL_k/dh, so the loop takes the cheap representation path for it
+    (`mbkit.train.step_path`); its result differs from the parameter path only in float rounding.
   * All state -- learnable task weights (uncertainty log-variances, GradNorm weights), the
     moments and step count of the small Adam that updates them, loss histories -- lives in the
     balancer as tensors and round-trips through `state_dict()` / `load_state_dict()`, so a

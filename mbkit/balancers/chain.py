@@ -15,7 +15,7 @@ class Chain(GradientBalancer):
     State is that of every member; `last_weights` is the product of the members' per-task weights
     when all of them have scalar weights, else None (e.g. when PCGrad takes part). A chain uses the
     losses if a member does (`uses_losses`): it passes them to those members only; `end_epoch()`
-    reaches every member that has one.
+    and `after_step(losses)` (`uses_losses_after_step`) reach every member that has them.
     """
 
     name = "chain"
@@ -30,6 +30,16 @@ class Chain(GradientBalancer):
         self.balancers: tuple[GradientBalancer, ...] = tuple(balancers)
         self.reduction = self.balancers[-1].reduction
         self.uses_losses = any(getattr(b, "uses_losses", False) for b in self.balancers)
+        self.uses_losses_after_step = any(getattr(b, "uses_losses_after_step", False) for b in self.balancers)
+        self.scalar_weights = all(getattr(b, "scalar_weights", False) for b in self.balancers)
+        # loss weights act alike on either level; the other members must agree on theirs
+        levels = {getattr(b, "level", "parameters") for b in self.balancers
+                  if not getattr(b, "scalar_weights", False)} or {"parameters"}
+        if len(levels) > 1:
+            raise ValueError("a chain's members must act on the same gradients; "
+                             f"{' + '.join(str(b) for b in self.balancers)} mixes the shared parameters' gradients "
+                             "with the representation's (metabalance_rep); chain it with loss-weighting methods only")
+        self.level = levels.pop()
 
     def _run(self, grads: Sequence[Tensor], combine: bool, losses: Tensor | None = None) -> list[Tensor]:
         grads, _ = check_grads(grads)
@@ -59,6 +69,11 @@ class Chain(GradientBalancer):
         for b in self.balancers:
             if callable(getattr(b, "end_epoch", None)):
                 b.end_epoch()
+
+    def after_step(self, losses: Tensor) -> None:
+        for b in self.balancers:
+            if getattr(b, "uses_losses_after_step", False):
+                b.after_step(losses)
 
     def reduce(self, grads: Sequence[Tensor]) -> list[Tensor]:
         return self.balancers[-1].reduce(grads)

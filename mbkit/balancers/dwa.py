@@ -26,6 +26,7 @@ class DWA(LossWeighting):
     """
 
     name = "dwa"
+    scalar_weights = True
 
     def __init__(self, temperature: float = 2.0, period: str = "epoch") -> None:
         super().__init__()

@@ -21,6 +21,7 @@ class FixedWeights(GradientBalancer):
     """
 
     name = "fixed"
+    scalar_weights = True
 
     def __init__(self, aux_weight: float = 0.5, weights: Sequence[float] | None = None) -> None:
         super().__init__()

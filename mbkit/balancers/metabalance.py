@@ -145,3 +145,25 @@ class MetaBalance(GradientBalancer):
 
     def __repr__(self) -> str:
         return f"MetaBalance(relax_factor={self.relax_factor!r}, beta={self.beta!r}, strategy={self.strategy!r})"
+
+
+class RepresentationMetaBalance(MetaBalance):
+    """MetaBalance on the shared representation h instead of the shared parameters (`level`).
+
+    The same moving averages, relax factor and strategies, applied to one tensor: each task's gradient
+    dL_k/dh (B, rep_dim) of the batch's shared representation, whose Frobenius norms over the batch give
+    the m_k. The combined dL/dh = sum_k w_k dL_k/dh then flows through the shared bottom in one backward, so
+    every shared parameter receives sum_k w_k dL_k/dtheta with one weight per task for the whole bottom
+    (instead of one per tensor) and the step costs about what a plain sum does. This is the level at which
+    MultiBalance (He et al., 2024), MetaBalance's successor by the same first author, balances; the training
+    loop hands such a balancer `[dh]` (see `mbkit.grads.GradEngine.representation`).
+    """
+
+    name = "metabalance_rep"
+    level = "representation"
+
+    def label(self, short: bool = False) -> str:
+        return super().label(short).replace("MetaBalance", "MetaBalance on h", 1)
+
+    def __repr__(self) -> str:
+        return "Representation" + super().__repr__()

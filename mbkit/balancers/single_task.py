@@ -18,6 +18,7 @@ class SingleTask(GradientBalancer):
     """
 
     name = "single_task"
+    scalar_weights = True
 
     def transform(self, grads: Sequence[Tensor]) -> list[Tensor]:
         grads, k = check_grads(grads)

@@ -30,6 +30,7 @@ class UncertaintyWeighting(LossWeighting):
     """
 
     name = "uncertainty"
+    scalar_weights = True
 
     def __init__(self, lr: float = 1e-3, regularizer: float = 1.0) -> None:
         super().__init__()

@@ -14,6 +14,7 @@ class Vanilla(GradientBalancer):
     """Sum of the per-task gradients; `last_weights` are all ones."""
 
     name = "vanilla"
+    scalar_weights = True
 
     def transform(self, grads: Sequence[Tensor]) -> list[Tensor]:
         grads, k = check_grads(grads)

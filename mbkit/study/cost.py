@@ -19,7 +19,7 @@ import torch
 
 from mbkit.data.split import TaskData
 from mbkit.study.methods import Method
-from mbkit.train import TrainConfig, new_run, sums_losses, train_step
+from mbkit.train import TrainConfig, new_run, step_path, train_step
 
 
 def _batches(data: TaskData, cfg: TrainConfig, sampler: torch.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
@@ -45,18 +45,17 @@ def step_times(data: TaskData, methods: Iterable[Method], base: TrainConfig, *, 
         cfg = dataclasses.replace(base, balancer=m.balancer, balancer_kwargs=dict(m.kwargs), seed=seed)
         run, engine = new_run(data, cfg, device)
         run.model.train()
-        per_task = not sums_losses(cfg, run.balancer)
-        runs.append((run, engine, per_task, _batches(data, cfg, run.sampler)))
+        runs.append((run, engine, step_path(cfg, run.balancer), _batches(data, cfg, run.sampler)))
     times: list[list[float]] = [[] for _ in methods]
     for r in range(warmup + steps):
         for k in range(len(methods)):
             i = (r + k) % len(methods)
-            run, engine, per_task, batches = runs[i]
+            run, engine, path, batches = runs[i]
             users, items, labels = next(batches)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             t0 = time.perf_counter()
-            train_step(run, engine, users, items, labels, per_task=per_task)
+            train_step(run, engine, users, items, labels, path=path)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             if r >= warmup:

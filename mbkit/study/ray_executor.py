@@ -15,6 +15,7 @@ Ray is an optional extra: `pip install 'mbkit[ray]'` (the lock file pins it).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -120,6 +121,7 @@ def run_task(data: Any, fingerprint: dict[str, Any], method: Any, seed: int, cfg
              threads: int) -> dict[str, Any]:
     """One run on a Ray worker: check the data, train or resume it, record it; its output goes to run.log."""
     torch.set_num_threads(threads)
+    cfg = dataclasses.replace(cfg, threads=threads)  # the run's ops use the CPUs Ray gave it
     path = Path(folder)
     with run_log(path, capture=True):
         if (path / "metrics.json").is_file():  # finished by a process that held the lock before us

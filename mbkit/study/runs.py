@@ -74,7 +74,7 @@ def run_name(method: Method, seed: int) -> str:
 
 
 # Settings that do not change a finished run's metrics: a record that differs only in these is reused.
-DISPLAY_ONLY = frozenset({"progress", "device", "eval_batch_users", "nan_check_every"})
+DISPLAY_ONLY = frozenset({"progress", "device", "eval_batch_users", "nan_check_every", "threads"})
 
 
 def finished_record(folder: Path, cfg: TrainConfig, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
