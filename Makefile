@@ -35,9 +35,9 @@ OTHER_HOST := MKL_CBWR=COMPATIBLE ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=SS
 # study's comparison (04, the longest grid: its runs train to the patience rule) and every balancer (06); the
 # other host's pass takes the relax-factor sweep (03, trained to the patience rule too), the balance map (05),
 # the Ray grid tests (they compare the two executors within one process's CPU code paths) and the browser test
-# (smoke scale).
+# (smoke scale). The regression net of training trajectories runs in both: its tolerances must hold on both paths.
 OTHER_HOST_TESTS := notebooks/03_relax_factor.ipynb notebooks/05_balance_map.ipynb \
-	tests/test_results.py tests/test_ray_grid.py tests/test_lab.py
+	tests/test_results.py tests/test_trajectories.py tests/test_ray_grid.py tests/test_lab.py
 PINNED_ONLY_SKIPS := --ignore=tests/test_ray_grid.py --ignore=tests/test_lab.py \
 	--ignore=notebooks/03_relax_factor.ipynb --ignore=notebooks/05_balance_map.ipynb
 

@@ -54,12 +54,14 @@ def test_applied_ratio_is_the_raw_ratio_times_the_applied_weight():
         with_applied_ratio(d.assign(weight=float("nan")))
 
 
-def test_all_methods_lists_the_study_three_then_every_baseline():
+def test_all_methods_lists_the_study_three_and_metabalance_on_h_then_every_baseline():
     from mbkit.balancers import BASELINES
     from mbkit.study.methods import all_methods, notebook_grid
     methods = all_methods(0.5)
-    assert [m.balancer for m in methods] == ["vanilla", "metabalance", "pcgrad_adjusted", *BASELINES]
+    assert [m.balancer for m in methods] == ["vanilla", "metabalance", "metabalance_rep", "pcgrad_adjusted",
+                                             *BASELINES]
     assert methods[1].kwargs == {"relax_factor": 0.5} and methods[1].label == "MetaBalance (r=0.5)"
+    assert methods[2].kwargs == {"relax_factor": 0.5} and methods[2].label == "MetaBalance on h (r=0.5)"
     assert len({m.label for m in methods}) == len(methods)
     grid, seeds, base = notebook_grid("06_all_methods", {"relax_factor": 0.7, "seeds": [0, 1], "epochs": 2,
                                                          "batch_size": 256, "mode": "compact"})

@@ -50,10 +50,13 @@ def map_methods(relax_factor: float) -> list[Method]:
 
 
 def all_methods(relax_factor: float = 0.7) -> list[Method]:
-    """Notebook 06's comparison: Vanilla, MetaBalance at `relax_factor`, PCGrad (adjusted), then every
-    baseline of `mbkit.balancers.BASELINES` (single task first), each with its default arguments."""
-    return study_methods(relax_factor)[:3] + [SINGLE_TASK] + [Method(str(make(b)), b) for b in BASELINES
-                                                               if b != SINGLE_TASK.balancer]
+    """Notebook 06's comparison: Vanilla, MetaBalance at `relax_factor` on the shared parameters and on the
+    shared representation (its successor's level, at the same r), PCGrad (adjusted), then every baseline of
+    `mbkit.balancers.BASELINES` (single task first), each with its default arguments."""
+    vanilla, mb, pcgrad_adjusted = study_methods(relax_factor)[:3]
+    on_h = Method(str(make("metabalance_rep", **mb.kwargs)), "metabalance_rep", mb.kwargs)
+    return [vanilla, mb, on_h, pcgrad_adjusted, SINGLE_TASK] + [Method(str(make(b)), b) for b in BASELINES
+                                                                  if b != SINGLE_TASK.balancer]
 
 
 GRIDS = {"03_relax_factor": lambda p: relax_sweep_methods(p["relax_factors"], p["strategies"]),
