@@ -310,7 +310,7 @@ def _reproduce(args: argparse.Namespace) -> None:
                          "--update-notebooks, or change the notebooks' parameters cells first")
     run_notebooks(args.params, args.out, only=args.only, jobs=args.jobs)
     if args.update_notebooks:
-        for path in store_executed(args.out):
+        for path in store_executed(args.out, only=args.only):
             print(f"updated {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
     if not args.keep_readme and (ROOT / "README.md").is_file() and update_readme(ROOT / "README.md"):
         print("updated README.md's results block from results/")

@@ -60,3 +60,21 @@ def test_a_failed_notebook_run_stops_the_rest_and_names_its_log(tmp_path):
         run_parallel(["ok", "bad", "later"], 1, lambda n: _marker_command(tmp_path, n, code=codes[n]), tmp_path)
     assert (tmp_path / "ok.started").exists() and (tmp_path / "bad.started").exists()
     assert not (tmp_path / "later.log").exists()
+
+
+def test_update_notebooks_stores_only_the_notebooks_this_run_executed(tmp_path, monkeypatch):
+    """`reproduce --only 06 --update-notebooks` must not store the executed copies an earlier run left behind."""
+    import nbformat
+
+    from mbkit.study import reproduce
+    committed, out = tmp_path / "notebooks", tmp_path / "executed"
+    committed.mkdir(), out.mkdir()
+    names = ["01_data_filtering.ipynb", "06_all_methods.ipynb"]
+    for name in names:
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("committed")]), committed / name)
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")]), out / name)
+    monkeypatch.setattr(reproduce, "notebooks", lambda: [committed / n for n in names])
+    assert reproduce.store_executed(out, only="06_all") == [committed / "06_all_methods.ipynb"]
+    assert nbformat.read(committed / "01_data_filtering.ipynb", as_version=4).cells[0].source == "committed"
+    assert nbformat.read(committed / "06_all_methods.ipynb", as_version=4).cells[0].cell_type == "code"
+    assert len(reproduce.store_executed(out)) == 2

@@ -234,8 +234,10 @@ def _last_line(path: Path) -> str:
     return lines[-1].removeprefix("mbkit: error: ") if lines else "no output"
 
 
-def store_executed(out_dir: str | Path = "build/executed") -> list[Path]:
-    """Copy executed notebooks over the committed ones, scrubbed for a stable diff.
+def store_executed(out_dir: str | Path = "build/executed", only: str | None = None) -> list[Path]:
+    """Copy executed notebooks (those whose name contains `only`, as `run_notebooks` chose them) over the
+    committed ones, scrubbed for a stable diff: an executed copy left in `out_dir` by an earlier run of other
+    notebooks is not stored.
 
     Drops papermill's metadata and its injected-parameters cell (the committed notebook keeps its own
     `parameters` cell) and renumbers execution counts 1..n, which nbval needs to compare outputs.
@@ -248,7 +250,7 @@ def store_executed(out_dir: str | Path = "build/executed") -> list[Path]:
     written = []
     for nb_path in notebooks():
         executed = out / nb_path.name
-        if not executed.exists():
+        if only and only not in nb_path.name or not executed.exists():
             continue
         nb = nbformat.read(executed, as_version=4)
         nb.metadata.pop("papermill", None)
