@@ -78,3 +78,26 @@ def test_update_notebooks_stores_only_the_notebooks_this_run_executed(tmp_path, 
     assert nbformat.read(committed / "01_data_filtering.ipynb", as_version=4).cells[0].source == "committed"
     assert nbformat.read(committed / "06_all_methods.ipynb", as_version=4).cells[0].cell_type == "code"
     assert len(reproduce.store_executed(out)) == 2
+
+
+def test_progress_bars_are_recognised_and_nothing_else():
+    from mbkit.study.reproduce import is_progress_output
+
+    def stderr(text):
+        return {"output_type": "stream", "name": "stderr", "text": text}
+    assert is_progress_output(stderr("\rrun 1/51:   0%|          | 0/1020 [00:00<?, ?epoch/s, Vanilla, seed 0: start]"))
+    assert is_progress_output(stderr("\rgrid: 100%|██████████| 1020/1020 [07:32<00:00,  2.25epoch/s]\n"))
+    assert is_progress_output(stderr("\n"))
+    assert not is_progress_output(stderr("UserWarning: auxiliary task 'fav' has no training positive\n"))
+    assert not is_progress_output(stderr("\rgrid:  10%|#         | 1/10 [00:01<00:09]\nTraceback (most recent call)\n"))
+    assert not is_progress_output({"output_type": "stream", "name": "stdout", "text": "50%| 1/2 [00:01<00:01]"})
+
+
+def test_committed_notebooks_hold_no_progress_output():
+    import nbformat
+
+    from mbkit.study.reproduce import is_progress_output, notebooks
+    for path in notebooks():
+        cells = nbformat.read(path, as_version=4).cells
+        bars = sum(is_progress_output(o) for c in cells if c.cell_type == "code" for o in c.outputs)
+        assert bars == 0, f"{path.name} holds {bars} progress-bar outputs: store it with `make notebooks`"

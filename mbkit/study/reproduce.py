@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import csv
 import json
+import re
 import subprocess
 import sys
 import time
@@ -234,13 +235,28 @@ def _last_line(path: Path) -> str:
     return lines[-1].removeprefix("mbkit: error: ") if lines else "no output"
 
 
+# one state of a tqdm bar as a text stream shows it: "desc: 40%|####      | 2/5 [00:01<00:02, 1.5it/s, ...]"
+_BAR = re.compile(r"^[^|\n]*\d+%\|[^|]*\|\s*\d+/\d+ \[.*\]$")
+
+
+def is_progress_output(output: dict[str, Any]) -> bool:
+    """Whether a cell output is only progress-bar text (tqdm's states on stderr, or its blank closing line)."""
+    if output.get("output_type") != "stream" or output.get("name") != "stderr":
+        return False
+    text = output.get("text", "")
+    text = "".join(text) if isinstance(text, list) else text
+    return all(_BAR.match(line.strip()) or not line.strip() for line in re.split(r"[\r\n]", text))
+
+
 def store_executed(out_dir: str | Path = "build/executed", only: str | None = None) -> list[Path]:
     """Copy executed notebooks (those whose name contains `only`, as `run_notebooks` chose them) over the
     committed ones, scrubbed for a stable diff: an executed copy left in `out_dir` by an earlier run of other
     notebooks is not stored.
 
-    Drops papermill's metadata and its injected-parameters cell (the committed notebook keeps its own
-    `parameters` cell) and renumbers execution counts 1..n, which nbval needs to compare outputs.
+    Drops papermill's metadata, its injected-parameters cell (the committed notebook keeps its own
+    `parameters` cell) and progress-bar outputs (`is_progress_output`; a reader sees the bars live, a committed
+    copy would hold hundreds of their states), and renumbers execution counts 1..n, which nbval needs to compare
+    outputs.
     """
     import nbformat
 
@@ -262,6 +278,7 @@ def store_executed(out_dir: str | Path = "build/executed", only: str | None = No
             if cell.cell_type == "code":
                 count += 1
                 cell.execution_count = count
+                cell.outputs = [o for o in cell.outputs if not is_progress_output(o)]
                 for o in cell.get("outputs", []):
                     if "execution_count" in o:
                         o["execution_count"] = count
