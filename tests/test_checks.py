@@ -128,10 +128,9 @@ def _wrong_way(monkeypatch) -> None:
 
 @pytest.mark.slow
 def test_notebook_02_check_catches_metabalance_scaling_the_wrong_way(monkeypatch):
-    """Notebook 02's run with the committed parameters, MetaBalance broken, fails notebook 02's check.
-
-    (The same run with the correct MetaBalance is notebook 02 itself, whose check passes under nbval.)
-    """
+    """Notebook 02's run with the committed parameters, MetaBalance broken, fails the band that
+    tests/test_results.py applies to notebook 02's record (with the correct MetaBalance, that run is the
+    notebook itself, whose record passes it in `make test`)."""
     committed = checks.committed_record("02_gradient_imbalance")
     p = committed["params"]
     _, data = mbd.DataConfig(data=p["data"], target=p["target"], filter_mode=p["filter_mode"],
@@ -150,7 +149,7 @@ def test_notebook_02_check_catches_metabalance_scaling_the_wrong_way(monkeypatch
 
 def test_default_params_file_equals_the_notebooks_own_defaults():
     # nbval runs the committed notebooks with their parameters cell; `make reproduce` with default.yaml.
-    # Both must describe the same run, or the notebooks' checks would say "not compared".
+    # Both must describe the same run, or tests/test_results.py would compare records of different runs.
     papermill = pytest.importorskip("papermill")
     from mbkit.provenance import ROOT
     from mbkit.study.reproduce import load_params, notebooks

@@ -2,9 +2,9 @@
 
 `make test` re-executes the notebooks under nbval with `$MBKIT_OUTPUT_ROOT` set (see conftest.py), so
 their records land in `$MBKIT_OUTPUT_ROOT/results`; conftest.py orders these tests after the notebooks.
-A code change that breaks a claim fails here. (Each notebook also compares its own numbers with the
-committed `results/` within the seed spread: see `mbkit.checks`.) Run on their own, without the
-notebooks, these tests are skipped with that reason.
+A code change that breaks a claim fails here, and so does a record that left the committed one's seed
+spread (the last tests: `mbkit.study.checks`). Run on their own, without the notebooks, these tests are
+skipped with that reason.
 """
 
 from __future__ import annotations
@@ -157,3 +157,50 @@ def test_every_run_stopped_on_its_own_by_the_patience_rule(notebook):
         pytest.skip(f"{notebook} ran without the patience rule (patience=None)")
     assert len(runs) and (runs["epochs_trained"] < params["epochs"]).all()
     assert (runs["epochs_trained"] - runs["best_epoch"] == params["patience"]).all()
+
+
+# ---------------------------------------------------------------- does this session reproduce the committed results?
+# The records this session wrote against the committed ones in results/: data statistics exactly (they do not
+# depend on float kernels), trained numbers within bands set by the committed seed spread (mbkit.study.checks):
+# a gross check, which a regression beyond the seed noise fails; tests/test_trajectories.py is the fine one.
+
+def committed_and_session(notebook: str) -> tuple[dict, dict]:
+    from mbkit.study.checks import committed_record, params_differ
+    session, committed = load(f"{notebook}.json"), committed_record(notebook)
+    assert committed is not None, f"results/{notebook}.json is not committed: run `make notebooks` and commit it"
+    differ = params_differ(session["params"], committed, notebook=notebook)
+    assert not differ, (f"notebooks/{notebook}.ipynb ran with other parameters than the committed "
+                        f"results/{notebook}.json was made with ({differ}): re-run `make notebooks` and commit both")
+    return committed, session
+
+
+def test_notebook_01_reproduces_the_committed_statistics_exactly():
+    committed, session = committed_and_session("01_data_filtering")
+    assert session["table1"] == committed["table1"], "the reader, the filter or the split changed the Table-1 counts"
+    assert session["samples"] == committed["samples"], "the split or the samples changed"
+
+
+def test_notebook_02_reproduces_the_committed_median_ratios_and_weights():
+    from mbkit.study import checks
+    committed, session = committed_and_session("02_gradient_imbalance")
+    tables = [checks.relative_bands(pd.DataFrame(session[k]), pd.DataFrame(committed[k]), rel=0.25).assign(table=k)
+              for k in ("median_ratio_vanilla", "median_weight_metabalance", "median_applied_ratio_metabalance")]
+    checks.raise_failures(pd.concat(tables)[["table", "row", "column", "committed", "new", "diff", "band", "ok"]],
+                          "median ratios and weights")
+
+
+@pytest.mark.parametrize("notebook, keys", [("03_relax_factor", ["strategy", "relax_factor"]),
+                                            ("04_method_comparison", ["method"]),
+                                            ("05_balance_map", ["alignment", "volume", "method"]),
+                                            ("06_all_methods", ["method"])])
+def test_trained_means_lie_within_the_committed_seed_spread(notebook, keys):
+    from mbkit.study import checks
+    from mbkit.study.tables import METRICS as TABLE_METRICS
+    committed, session = committed_and_session(notebook)
+    checks.raise_failures(checks.bands(pd.DataFrame(session["table"]), pd.DataFrame(committed["table"]), keys,
+                                       metrics=TABLE_METRICS), "means")
+    if notebook == "03_relax_factor":
+        was = [committed["chosen"]["strategy"], committed["chosen"]["relax_factor"]]
+        assert was in session["chosen"]["near_best"], (
+            f"the committed choice {was} is no longer within one standard error of the best "
+            f"{session['chosen']['best']}; candidates now: {session['chosen']['near_best']}")
