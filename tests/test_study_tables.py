@@ -148,3 +148,18 @@ def test_labels_near_each_other_are_moved_apart_and_others_stay():
     near = np.sort(out[[0, 1, 3]])
     assert np.diff(near).min() >= 0.01 - 1e-12 and out[0] == 0.100  # the lowest stays, the others rise
     assert out[2] == 0.100  # far to the right: not moved
+
+
+def test_against_floor_names_who_clears_the_popularity_floor_and_by_how_much():
+    from mbkit.popularity import LABEL
+    from mbkit.study.tables import against_floor
+    table = pd.DataFrame({"ndcg@10_mean": [0.06, 0.045, 0.03, 0.04]},
+                         index=pd.Index(["Vanilla", "MB", "Single", LABEL], name="method"))
+    text = against_floor(table)
+    assert text.splitlines()[0] == f"popularity floor ({LABEL}): ndcg@10 0.0400"
+    assert "above it (2 of 3): from MB +12% to Vanilla +50%" in text
+    assert "at or below it (1 of 3): Single -25%" in text
+    assert "above it (1 of 1): Vanilla +50%" in against_floor(table.drop(index=["MB", "Single"]))
+    assert "at or below" not in against_floor(table.drop(index="Single"))
+    with pytest.raises(ValueError, match="floor_row"):
+        against_floor(table.drop(index=LABEL))

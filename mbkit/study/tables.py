@@ -67,6 +67,31 @@ def floor_row(data: Any, split: str = "test", label: str = POPULARITY_LABEL) -> 
     return pd.DataFrame([row], index=pd.Index([label], name="method"))
 
 
+def against_floor(summary: pd.DataFrame, metric: str = "ndcg@10", floor: str = POPULARITY_LABEL) -> str:
+    """In words, whether each trained row of `summary` clears the popularity floor (its row `floor`) on
+    `metric`'s mean, and by how much; a model below it learned less than counting purchases, so a change
+    between such models says little about balancing."""
+    if floor not in summary.index:
+        raise ValueError(f"the table has no {floor!r} row; add floor_row(data) to it")
+    level = float(summary.loc[floor, f"{metric}_mean"])
+    means = summary.drop(index=floor)[f"{metric}_mean"].astype(float)
+    if level <= 0:
+        return f"the popularity floor's {metric} is {level:g}: every trained model clears it"
+    pct = 100.0 * (means / level - 1.0)
+    above, below = pct[pct > 0], pct[pct <= 0]
+    lines = [f"popularity floor ({floor}): {metric} {level:.4f}"]
+    if len(above):
+        lowest = above.idxmin()
+        lines.append(f"  above it ({len(above)} of {len(pct)}): {above.index[0] if len(above) == 1 else 'from'} "
+                     + (f"{above.iloc[0]:+.0f}%" if len(above) == 1 else
+                        f"{lowest} {above[lowest]:+.0f}% to {above.idxmax()} {above.max():+.0f}%"))
+    if len(below):
+        named = ", ".join(f"{m} {c:+.0f}%" for m, c in below.items())
+        lines.append(f"  at or below it ({len(below)} of {len(pct)}): {named} (a model there learned less than "
+                     "ranking items by their training purchases)")
+    return "\n".join(lines)
+
+
 def median_diagnostics(diagnostics: pd.DataFrame, value: str, target: str) -> pd.DataFrame:
     """Median over training of a gradient diagnostic (e.g. "ratio_to_target", "weight"), one row per shared
     weight tensor (biases left out) and one column per auxiliary task."""
