@@ -39,8 +39,8 @@ class RandomLossWeighting(GradientBalancer):
     def _weights(self, grads: Sequence[Tensor]) -> tuple[list[Tensor], Tensor]:
         grads, k = check_grads(grads)
         z = torch.randn(k, generator=self.generator, device=self.generator.device)
-        weights = torch.softmax(z, dim=0) * (k if self.reduction == "sum" else 1)
-        self.last_weights = [weights.to(device=g.device, dtype=g.dtype) for g in grads]
+        weights = torch.softmax(z, dim=0).mul_(k if self.reduction == "sum" else 1).to(grads[0].device)
+        self.last_weights = [weights.to(g.dtype) for g in grads]  # one copy to the device, not one per tensor
         self.step += 1
         return grads, weights
 
