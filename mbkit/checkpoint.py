@@ -37,7 +37,7 @@ RESUMABLE_CHANGES: frozenset[str] = frozenset(
     {"epochs", "patience", "progress", "device", "eval_batch_users", "nan_check_every", "test_mask", "threads"})
 # Settings added after runs were recorded without them: such a run behaved as the value given here (runs
 # before `threads` ran with the process's setting, one thread under the make targets).
-LATER_SETTINGS: dict[str, Any] = {"test_mask": "train", "threads": 1}
+LATER_SETTINGS: dict[str, Any] = {"test_mask": "train", "threads": 1, "aux_grad_scale": 1.0}
 _CHECKPOINT_KEYS = frozenset({"schema", "config", "fingerprint", "code", "resumes", "epoch", "resumable",
                               "model", "optimizers", "balancer", "sampler_rng", "torch_rng", "cuda_rng",
                               "history", "best", "diagnostics"})

@@ -41,6 +41,7 @@ whose size is data-dependent) and builds its sparse gradients already coalesced,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -95,10 +96,19 @@ class GradEngine:
     The engine does not change the model's train/eval mode: call `model.train()` for training steps.
     """
 
-    def __init__(self, model: SharedBottomNeuMF, mode: str = "compact", full_tables: bool = False) -> None:
+    def __init__(self, model: SharedBottomNeuMF, mode: str = "compact", full_tables: bool = False,
+                 grad_scale: Sequence[float] | None = None) -> None:
         _check_mode(mode)
         if full_tables and mode != "dense":
             raise ValueError("full_tables=True needs mode='dense' (compact mode writes sparse rows)")
+        n_tasks = model.cfg.n_tasks
+        if grad_scale is not None and (len(grad_scale) != n_tasks or not all(0 < float(w) < math.inf
+                                                                             for w in grad_scale)):
+            raise ValueError(f"grad_scale must hold {n_tasks} finite factors > 0 (one per task, target first), got "
+                             f"{list(grad_scale)}")
+        # w_k multiplies dL_k/dh, so every shared gradient of task k; the towers' gradients are left alone
+        self.grad_scale = (None if grad_scale is None or all(float(w) == 1.0 for w in grad_scale) else
+                           torch.tensor([float(w) for w in grad_scale], device=next(model.parameters()).device))
         self.model = model
         self.mode = mode
         self.full_tables = full_tables
@@ -118,6 +128,10 @@ class GradEngine:
             raise ValueError(f"labels must have shape (B, K) = {tuple(logits.shape)}, got {tuple(labels.shape)}")
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none").mean(0)
 
+    def _scaled(self, dh: Tensor) -> Tensor:
+        """(K, B, rep_dim) per-task dL_k/dh times `grad_scale` (unchanged when there is none)."""
+        return dh if self.grad_scale is None else dh * self.grad_scale.to(dh.dtype).view(-1, 1, 1)
+
     def _rows(self, ids: dict[str, Tensor]) -> dict[int, tuple[Tensor, Tensor]]:
         """`_sorted_rows` once per distinct id tensor (users, items): id(tensor) -> (rows, inv)."""
         out: dict[int, tuple[Tensor, Tensor]] = {}
@@ -135,6 +149,7 @@ class GradEngine:
         losses = self._losses(self.model.heads(h_tasks), labels)  # (K,)
         towers = list(self.tower_params.values())
         dh, *g_towers = torch.autograd.grad(losses.sum(), [h_tasks, *towers])  # dh: (K, B, rep_dim)
+        dh = self._scaled(dh)
 
         names = list(self.shared)
         inputs = [leaves[n] if n in leaves else self.shared[n] for n in names]
@@ -172,6 +187,7 @@ class GradEngine:
         losses = self._losses(self.model.heads(h_tasks), labels)
         towers = list(self.tower_params.values())
         dh, *g_towers = torch.autograd.grad(losses.sum(), [h_tasks, *towers])
+        dh = self._scaled(dh)
 
         def bottom(combined: Tensor) -> None:
             if combined.shape != h.shape:
@@ -220,7 +236,12 @@ class GradEngine:
         and draws the same dropout masks from the same RNG state. Replaces `.grad`, never accumulates.
         """
         ids, leaves, h = self._forward_bottom(users, items)
-        losses = self._losses(self.model.heads(h), labels)
+        if self.grad_scale is None:
+            losses = self._losses(self.model.heads(h), labels)
+        else:  # tower k reads its own view of h, whose gradient is scaled by w_k on the way into the bottom
+            h_tasks = h.expand(self.model.cfg.n_tasks, *h.shape)
+            h_tasks.register_hook(self._scaled)
+            losses = self._losses(self.model.heads(h_tasks), labels)
         names = list(self.shared)
         inputs = [leaves[n] if n in leaves else self.shared[n] for n in names]
         towers = list(self.tower_params.values())

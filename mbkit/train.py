@@ -67,6 +67,9 @@ class TrainConfig:
     lr: float = setting(1e-3, "Adam learning rate (the original's)")
     weight_decay: float = setting(1e-7, "Adam weight decay (the original's); compact mode leaves the tables out")
     num_neg: int = setting(4, "sampled negatives per positive, redrawn every epoch")
+    aux_grad_scale: float = setting(1.0, "multiplies the gradient every auxiliary task sends into the shared bottom "
+                                    "(its own tower trains as before): the imbalance dial of notebook 05 (1: the "
+                                    "study's plain gradients)")
     seed: int = setting(0, "seeds the initialisation, dropout, negatives, shuffling and PCGrad's task order")
     mode: str = setting("compact", "compact: the batch's embedding rows, SparseAdam's update; dense: the original's "
                         "dense Adam over whole tables", choices=MODES)
@@ -105,6 +108,9 @@ class TrainConfig:
         if not 0 < self.lr <= 1 or not 0 <= self.weight_decay < math.inf:
             raise ValueError(f"lr={self.lr} must lie in (0, 1] (the study's is 1e-3) and weight_decay="
                              f"{self.weight_decay} be finite and >= 0")
+        if not 0 < self.aux_grad_scale < math.inf:
+            raise ValueError(f"aux_grad_scale={self.aux_grad_scale} must be a finite factor > 0 (1: the study's "
+                             "gradients; 0.01 or 100 make the auxiliary gradients a hundred times weaker or stronger)")
         if self.num_neg > MAX_NEGATIVES:
             raise ValueError(f"num_neg={self.num_neg}: at most {MAX_NEGATIVES} negatives per positive (an epoch holds "
                              f"1 + num_neg samples per positive in memory; the study uses 4)")
@@ -183,7 +189,8 @@ def new_run(data: TaskData, config: TrainConfig, device: torch.device,
     run = RunState(config=dataclasses.asdict(config), fingerprint=fingerprint or {}, model=model,
                    optimizers=make_optimizers(model, config.mode, lr=config.lr, weight_decay=config.weight_decay),
                    balancer=make_balancer(config), sampler=make_generator(config.seed, device))
-    return run, GradEngine(model, mode=config.mode)
+    scale = [1.0] + [float(config.aux_grad_scale)] * (len(data.tasks) - 1)
+    return run, GradEngine(model, mode=config.mode, grad_scale=scale)
 
 
 def _check_finite(pending: list[torch.Tensor], first_step: int, epoch: int, tasks: tuple[str, ...]) -> None:

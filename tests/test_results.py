@@ -102,25 +102,35 @@ def test_method_comparison_table_is_consistent():
 
 
 def test_balance_map_is_complete_and_its_dials_act():
+    import math
     record = load("05_balance_map.json")
     p = record["params"]
-    cells = {(a, v) for a in p["alignments"] for v in p["volumes"]}
-    worlds = pd.DataFrame(record["worlds"]).set_index(["alignment", "volume"])
-    assert set(worlds.index) == cells
+    keys = {(a, w) for a in p["alignments"] for w in p["scales"]}
+    cells = pd.DataFrame(record["cells"]).set_index(["alignment", "scale"])
+    assert set(cells.index) == keys
     table = pd.DataFrame(record["table"])
-    assert len(table) == 3 * len(cells) and (table["n_seeds"] == len(p["seeds"])).all()
+    assert len(table) == 4 * len(keys) and (table["n_seeds"] == len(p["seeds"])).all()
     changes = pd.DataFrame(record["changes"])
-    assert len(changes) == 2 * len(cells) and "Vanilla" not in set(changes["method"])
-    # the dials reach the model: less volume, fewer auxiliary pairs per purchase; less alignment, fewer carts
-    lo_a, hi_a, lo_v, hi_v = min(p["alignments"]), max(p["alignments"]), min(p["volumes"]), max(p["volumes"])
-    assert worlds.loc[(hi_a, lo_v), "pv per purchase"] < worlds.loc[(hi_a, hi_v), "pv per purchase"]
-    assert worlds.loc[(lo_a, hi_v), "cart per purchase"] < worlds.loc[(hi_a, hi_v), "cart per purchase"]
-    # auxiliary behaviors that follow the purchase preference teach the shared layers more than unrelated ones
-    vanilla = table[table["method"] == "Vanilla"].set_index(["alignment", "volume"])["ndcg@10_mean"]
-    assert vanilla.loc[(hi_a, hi_v)] > vanilla.loc[(lo_a, hi_v)]
-    # at the default dials the trained model clears the popularity floor (in the committed map by 51 %; with
-    # aligned behaviors at a quarter of the volume it does not: notebook 05 says so)
-    assert vanilla.loc[(hi_a, hi_v)] > worlds.loc[(hi_a, hi_v), "most popular ndcg@10"]
+    assert len(changes) == 3 * len(keys) and "Vanilla" not in set(changes["method"])
+    # the scale dial reaches the measured ratio, two decades each side of 1 (the span)
+    lo_w, hi_w = min(p["scales"]), max(p["scales"])
+    for a in p["alignments"]:
+        assert cells.loc[(a, lo_w), "ratio_high"] <= 0.01 and cells.loc[(a, hi_w), "ratio_low"] >= 100
+        assert cells.loc[(a, lo_w), "ratio"] < cells.loc[(a, 1.0), "ratio"] < cells.loc[(a, hi_w), "ratio"]
+    # less alignment, fewer carts per purchase
+    lo_a, hi_a = min(p["alignments"]), max(p["alignments"])
+    assert cells.loc[(lo_a, 1.0), "cart per purchase"] < cells.loc[(hi_a, 1.0), "cart per purchase"]
+    # at the natural scale, aligned auxiliary behaviors teach the shared layers more than unrelated ones, and the
+    # trained model clears the popularity floor
+    vanilla = table[table["method"] == "Vanilla"].set_index(["alignment", "scale"])["ndcg@10_mean"]
+    assert vanilla.loc[(hi_a, 1.0)] > vanilla.loc[(lo_a, 1.0)]
+    assert vanilla.loc[(hi_a, 1.0)] > cells.loc[(hi_a, 1.0), "most popular ndcg@10"]
+    # MetaBalance at r = 1 trains the same runs at every scale (bit for bit where the scales are powers of two)
+    runs = pd.read_csv(Path(os.environ["MBKIT_OUTPUT_ROOT"]) / "results" / "05_balance_map_runs.csv")
+    if all(math.frexp(w)[0] == 0.5 for w in p["scales"]):
+        equal = runs[runs["method"] == "MetaBalance (r=1)"].pivot_table(
+            index=["alignment", "seed"], columns="scale", values="test_ndcg@10")
+        assert (equal.nunique(axis=1) == 1).all(), equal
 
 
 def test_all_methods_comparison_is_complete_and_consistent():
@@ -191,7 +201,7 @@ def test_notebook_02_reproduces_the_committed_median_ratios_and_weights():
 
 @pytest.mark.parametrize("notebook, keys", [("03_relax_factor", ["strategy", "relax_factor"]),
                                             ("04_method_comparison", ["method"]),
-                                            ("05_balance_map", ["alignment", "volume", "method"]),
+                                            ("05_balance_map", ["alignment", "scale", "method"]),
                                             ("06_all_methods", ["method"])])
 def test_trained_means_lie_within_the_committed_seed_spread(notebook, keys):
     from mbkit.study import checks

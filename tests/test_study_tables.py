@@ -107,11 +107,13 @@ def test_paired_change_without_groups_is_one_row_per_method(runs):
 
 
 def test_verdicts_sorts_methods_by_their_interval():
-    changes = pd.DataFrame({"method": ["A", "B", "C"], "change_pct": [5.0, -4.0, 1.0],
-                            "ci_low": [0.01, -0.03, -0.01], "ci_high": [0.03, -0.01, 0.02]})
+    changes = pd.DataFrame({"method": ["A", "B", "C", "D"], "change_pct": [5.0, -4.0, 1.0, 0.5],
+                            "ci_low": [0.01, -0.03, -0.01, -0.001], "ci_high": [0.03, -0.01, 0.02, 0.002]})
+    changes = changes.assign(ci_low_pct=changes["ci_low"] * 1000, ci_high_pct=changes["ci_high"] * 1000)  # mean 0.1
     text = verdicts(changes, "Vanilla")
     assert "better (1): A +5.0%" in text and "worse (1): B -4.0%" in text
-    assert "no resolvable difference (1): C +1.0%" in text
+    assert "equivalent within +-5% (1): D +0.5%" in text  # [-1 %, +2 %] lies inside +-5 %
+    assert "no resolvable difference (1): C +1.0%" in text  # [-10 %, +20 %] does not
 
 
 def test_step_cost_is_the_median_time_per_step_over_runs():

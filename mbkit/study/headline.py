@@ -80,9 +80,11 @@ def _verdict_counts(changes: pd.DataFrame, by_method: bool) -> str:
 
 def _map(rec: dict) -> list[str]:
     changes = pd.DataFrame(rec["changes"])
+    cells = pd.DataFrame(rec["cells"])
     return [f"Notebook 05, the balance map ({len(rec['params']['alignments'])} alignments × "
-            f"{len(rec['params']['volumes'])} volumes, {len(rec['params']['seeds'])} seeds): "
-            f"{_verdict_counts(changes, by_method=True)}."]
+            f"{len(rec['params']['scales'])} auxiliary gradient scales, measured auxiliary/target gradient-norm "
+            f"ratio {cells['ratio'].min():.2g} to {cells['ratio'].max():.3g}, {len(rec['params']['seeds'])} seeds), "
+            f"against Vanilla at the same scale: {_verdict_counts(changes, by_method=True)}."]
 
 
 def _all_methods(rec: dict) -> list[str]:

@@ -45,8 +45,11 @@ def relax_sweep_methods(relax_factors: Iterable[float], strategies: Iterable[str
 
 
 def map_methods(relax_factor: float) -> list[Method]:
-    """Notebook 05's methods: Vanilla, MetaBalance at the validated r, PCGrad in the study's adjusted form."""
-    return study_methods(relax_factor)[:3]
+    """Notebook 05's methods: Vanilla, MetaBalance at the validated r and at r = 1 (equal magnitudes, which no
+    auxiliary scale can move), PCGrad in the study's adjusted form."""
+    vanilla, mb, pcgrad_adjusted = study_methods(relax_factor)[:3]
+    equal = [] if float(relax_factor) == 1.0 else [Method("MetaBalance (r=1)", "metabalance", {"relax_factor": 1.0})]
+    return [vanilla, mb, *equal, pcgrad_adjusted]
 
 
 def all_methods(relax_factor: float = 0.7) -> list[Method]:

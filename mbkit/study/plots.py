@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Iterable
 
@@ -171,32 +172,72 @@ def comparison(summary: pd.DataFrame, metrics: Iterable[str] = ("ndcg@10", "reca
     return fig
 
 
-def balance_map(changes: pd.DataFrame, metric: str = "NDCG@10") -> plt.Figure:
-    """One heatmap per method: rows alignment, columns volume, colour the paired change over Vanilla in
-    percent; each cell is annotated with the change and its confidence interval, in bold where the interval
-    excludes 0. `changes` is `balance_map.paired_change(...)`'s table."""
-    methods = list(dict.fromkeys(changes["method"]))
-    spread = np.abs(changes[["change_pct", "ci_low_pct", "ci_high_pct"]].to_numpy(float))
+def balance_map(balanced: pd.DataFrame, within: pd.DataFrame, cells: pd.DataFrame,
+                metric: str = "NDCG@10") -> plt.Figure:
+    """Notebook 05's map, one column per alignment. Top: each method's test `metric` against Vanilla at
+    the natural scale (`balance_map.against_balanced`) over the measured auxiliary/target gradient-norm ratio
+    (log axis; the horizontal bar of each cell spans the ratios of its tensors and tasks), with the paired
+    interval, and the popularity floor. Bottom: each method against Vanilla at the same scale
+    (`balance_map.paired_change`), annotated with the change and its interval, bold where it excludes 0."""
+    alignments = sorted(cells["alignment"].unique())
+    methods = list(dict.fromkeys(balanced["method"]))
+    colors = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(["Vanilla"] + [m for m in methods if m != "Vanilla"])}
+    spread = np.abs(within[["change_pct", "ci_low_pct", "ci_high_pct"]].to_numpy(float))
     lim = max(float(spread[np.isfinite(spread)].max(initial=0.0)), 1.0)
-    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.6), squeeze=False)
-    for ax, method in zip(axes[0], methods):
-        c = changes[changes["method"] == method]
-        # pivot, not pivot_table: one seed gives NaN intervals, which pivot_table would drop
-        grid, lo, hi = (c.pivot(index="alignment", columns="volume", values=v).sort_index().sort_index(axis=1)
-                        for v in ("change_pct", "ci_low_pct", "ci_high_pct"))
-        im = ax.imshow(grid.to_numpy(), cmap="RdBu", vmin=-lim, vmax=lim, origin="lower", aspect="auto")
-        for (i, j), v in np.ndenumerate(grid.to_numpy()):
+    fig, axes = plt.subplots(2, len(alignments), figsize=(5.6 * len(alignments), 7.6), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 2]})
+    for col, a in enumerate(alignments):
+        ax = axes[0, col]
+        cell = cells[cells["alignment"] == a].set_index("scale").sort_index()
+        b = balanced[balanced["alignment"] == a]
+        for i, m in enumerate(methods):
+            c = b[b["method"] == m].set_index("scale").reindex(cell.index)
+            if m == "Vanilla":  # Vanilla at scale 1 is the reference itself
+                c.loc[1.0, ["change_pct", "ci_low_pct", "ci_high_pct"]] = 0.0
+            shift = 10 ** (0.06 * (i - (len(methods) - 1) / 2))  # side by side
+            x = cell["ratio"].to_numpy() * shift
+            y = c["change_pct"].to_numpy(float)
+            err = np.vstack([y - c["ci_low_pct"].to_numpy(float), c["ci_high_pct"].to_numpy(float) - y])
+            # Vanilla's horizontal bars: the measured ratio's range over shared tensors and auxiliary tasks
+            xerr = (np.vstack([x - cell["ratio_low"].to_numpy() * shift, cell["ratio_high"].to_numpy() * shift - x])
+                    if m == "Vanilla" else None)
+            ax.errorbar(x, y, yerr=np.nan_to_num(err), xerr=xerr, marker="o", ms=4, capsize=2, lw=1.2,
+                        color=colors[m], label=m)
+        base = float(b["baseline_mean"].iloc[0])
+        floor = 100 * (float(cell["most popular ndcg@10"].iloc[0]) / base - 1)
+        ax.axhline(floor, color="0.3", ls="--", lw=1, label="popularity floor")
+        ax.axhline(0, color="0.5", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("auxiliary / target gradient-norm ratio, measured")
+        ax.set_ylabel(f"test {metric} vs Vanilla at scale 1, %")
+        ax.set_title(f"alignment {a:g} (Vanilla at scale 1: {base:.4f})", fontsize=9)
+        ax.grid(alpha=0.3)
+        if col == 0:
+            ax.legend(fontsize=7, loc="lower center")
+        ax = axes[1, col]
+        w = within[within["alignment"] == a]
+        grid, lo, hi = (w.pivot(index="method", columns="scale", values=v).reindex(
+            index=[m for m in methods if m != "Vanilla"], columns=cell.index) for v in ("change_pct", "ci_low_pct",
+                                                                                        "ci_high_pct"))
+        im = ax.imshow(grid.to_numpy(float), cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+        for (i, j), v in np.ndenumerate(grid.to_numpy(float)):
             clear = lo.iat[i, j] > 0 or hi.iat[i, j] < 0  # False for one seed (no interval)
             ci = f"\n[{lo.iat[i, j]:+.1f}, {hi.iat[i, j]:+.1f}]" if np.isfinite(lo.iat[i, j]) else ""
             ax.text(j, i, f"{v:+.1f}%{ci}", ha="center", va="center", fontsize=7,
                     fontweight="bold" if clear else "normal")
-        ax.set_xticks(range(grid.shape[1]), [f"{v:g}" for v in grid.columns])
-        ax.set_yticks(range(grid.shape[0]), [f"{a:g}" for a in grid.index])
-        ax.set_xlabel("volume of the auxiliary behaviors")
-        ax.set_ylabel("alignment with the target")
-        ax.set_title(method, fontsize=9)
-    fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label=f"test {metric} change over Vanilla, %")
+        ax.set_xticks(range(len(cell)), [f"{r:.2g}\n(w = {_power(s)})" for s, r in cell["ratio"].items()], fontsize=7)
+        ax.set_yticks(range(len(grid)), grid.index, fontsize=7)
+        ax.set_xlabel("measured ratio (auxiliary gradient scale)")
+        ax.set_title(f"against Vanilla at the same scale, test {metric}, %", fontsize=9)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.tight_layout()
     return fig
+
+
+def _power(x: float) -> str:
+    """2^k for a power of two, else the number."""
+    mantissa, exponent = math.frexp(x)
+    return f"2^{exponent - 1}" if mantissa == 0.5 and exponent != 1 else f"{x:g}"
 
 
 def _label_heights(x: np.ndarray, y: np.ndarray, gap: float, width: float) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 Runs pair by seed: the same seed gives the same initialisation and the same stream of negatives, so the
 quantity of interest is each seed's difference to the baseline. `paired_change` gives its mean, the
-t-interval at `level` and the paired t-test; `verdict` reads an interval as better, worse or unresolved.
+t-interval at `level` and the paired t-test; `verdict` reads an interval as better, worse or unresolved;
+`design` says how many seeds each comparison would need for an interval of a given width.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def paired_change(runs: pd.DataFrame, baseline: str = "Vanilla", metric: str = "
     percent of the baseline's mean, the paired t-test's `t` and `p_value` (scipy's `ttest_rel`; NaN with
     fewer than two seeds or when the differences have no spread), and `detectable`: the smallest true
     change that this design (these seeds, this paired spread) detects with probability `power` at `level`,
-    (t_{1-a/2, n-1} + t_{power, n-1}) · sd / sqrt(n) with a = 1 - level (also in percent of the baseline).
+    (t_{1-a/2, n-1} + t_{power, n-1}) · sd / sqrt(n) with a = 1 - level (also in percent of the baseline);
+    `sd_pct`, the paired standard deviation over seeds in percent of the baseline's mean.
     """
     by = list(by)
     rows = []
@@ -46,12 +48,42 @@ def paired_change(runs: pd.DataFrame, baseline: str = "Vanilla", metric: str = "
             t, p = stats.ttest_rel(a, b) if n > 1 and d.std(ddof=1) > 1e-12 else (np.nan, np.nan)
             scale = 100.0 / float(b.mean())
             mean = float(d.mean())
+            sd = float(d.std(ddof=1)) if n > 1 else np.nan
             rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))), "method": method,
-                         "n_seeds": n, "baseline_mean": float(b.mean()), "mean_diff": mean,
+                         "n_seeds": n, "baseline_mean": float(b.mean()), "mean_diff": mean, "sd_pct": sd * scale,
                          "ci_low": mean - half, "ci_high": mean + half, "change_pct": mean * scale,
                          "ci_low_pct": (mean - half) * scale, "ci_high_pct": (mean + half) * scale,
                          "t": float(t), "p_value": float(p), "detectable": detectable,
                          "detectable_pct": detectable * scale})
+    return pd.DataFrame(rows)
+
+
+def seeds_needed(sd_pct: float, half_width_pct: float, level: float = 0.95, most: int = 1000) -> int:
+    """The fewest seeds n >= 2 whose paired interval t_{(1+level)/2, n-1} · sd / sqrt(n) is at most
+    `half_width_pct` for a paired spread of `sd_pct` (both in percent of the baseline's mean); `most` + 1
+    where even `most` seeds are not enough."""
+    if not sd_pct >= 0 or not half_width_pct > 0:
+        raise ValueError(f"sd_pct={sd_pct} must be >= 0 and half_width_pct={half_width_pct} > 0")
+    for n in range(2, most + 1):
+        if stats.t.ppf(0.5 + level / 2, n - 1) * sd_pct / math.sqrt(n) <= half_width_pct:
+            return n
+    return most + 1
+
+
+def design(changes: pd.DataFrame, targets: dict[str, float], level: float = 0.95,
+           by: Iterable[str] = ("method",)) -> pd.DataFrame:
+    """What each comparison of `paired_change` resolves and what it would need: the seeds it has, its
+    measured paired spread, its interval's half-width now, the smallest change it detects, and the seeds
+    that would bring the half-width to its target (`targets`: method -> half-width in percent; methods not
+    named take the value of the key "*")."""
+    rows = []
+    for _, c in changes.iterrows():
+        target = targets.get(c["method"], targets.get("*"))
+        if target is None:
+            raise ValueError(f"no target half-width for {c['method']!r}: name it in targets or give a '*' default")
+        rows.append({**{k: c[k] for k in by}, "n_seeds": int(c["n_seeds"]), "sd_pct": c["sd_pct"],
+                     "half_width_pct": (c["ci_high_pct"] - c["ci_low_pct"]) / 2, "detectable_pct": c["detectable_pct"],
+                     "target_pct": float(target), "seeds_needed": seeds_needed(c["sd_pct"], float(target), level)})
     return pd.DataFrame(rows)
 
 
@@ -62,11 +94,15 @@ def verdict(changes: pd.DataFrame) -> pd.Series:
     return pd.Series(words, index=changes.index, name="verdict")
 
 
-def verdicts(changes: pd.DataFrame, baseline: str, level: float = 0.95, metric: str = "test NDCG@10") -> str:
-    """`paired_change`'s table in words: the methods of each verdict with their change in percent."""
+def verdicts(changes: pd.DataFrame, baseline: str, level: float = 0.95, metric: str = "test NDCG@10",
+             margin_pct: float = 5.0) -> str:
+    """`paired_change`'s table in words: the methods of each verdict with their change in percent; an
+    unresolved interval that lies inside +-`margin_pct` of the baseline's mean is an equivalence finding."""
     says = verdict(changes)
+    tie = f"equivalent within +-{margin_pct:g}%"
+    says[(says == UNRESOLVED) & (changes["ci_low_pct"] > -margin_pct) & (changes["ci_high_pct"] < margin_pct)] = tie
     parts = []
-    for word in ("better", "worse", UNRESOLVED):
+    for word in ("better", "worse", tie, UNRESOLVED):
         rows = changes.loc[says == word, ["method", "change_pct"]].itertuples(index=False)
         named = ", ".join(f"{m} {c:+.1f}%" for m, c in rows)
         parts.append(f"  {word} ({int((says == word).sum())}): {named or '-'}")
