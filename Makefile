@@ -32,14 +32,14 @@ endif
 OTHER_HOST := MKL_CBWR=COMPATIBLE ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=SSE41 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 # Each trained notebook runs in one of the two passes, chosen so that both take about as long on 2 cores: the
 # pinned pass takes the unit tests, 01 (no training, integer results), 02 (directions of gradient ratios), the
-# study's comparison (04, the longest grid: its runs train to the patience rule) and every balancer (06); the
-# other host's pass takes the relax-factor sweep (03, trained to the patience rule too), the balance map (05),
+# study's comparison (04: its runs train to the patience rule) and the balance map (05, the longest grid); the
+# other host's pass takes the relax-factor sweep (03, trained to the patience rule too), every balancer (06),
 # the Ray grid tests (they compare the two executors within one process's CPU code paths) and the browser test
 # (smoke scale). The regression net of training trajectories runs in both: its tolerances must hold on both paths.
-OTHER_HOST_TESTS := notebooks/03_relax_factor.ipynb notebooks/05_balance_map.ipynb \
+OTHER_HOST_TESTS := notebooks/03_relax_factor.ipynb notebooks/06_all_methods.ipynb \
 	tests/test_results.py tests/test_trajectories.py tests/test_ray_grid.py tests/test_lab.py
 PINNED_ONLY_SKIPS := --ignore=tests/test_ray_grid.py --ignore=tests/test_lab.py \
-	--ignore=notebooks/03_relax_factor.ipynb --ignore=notebooks/05_balance_map.ipynb
+	--ignore=notebooks/03_relax_factor.ipynb --ignore=notebooks/06_all_methods.ipynb
 
 .PHONY: setup lock reproduce notebooks test clean
 
@@ -75,8 +75,8 @@ reproduce: setup
 notebooks: setup
 	env $(PINNED) $(BIN)/python -m mbkit reproduce --params $(PARAMS) --out $(EXECUTED) --jobs $(JOBS) --update-notebooks
 
-# Two passes at once (one thread each, so 2 cores run both): unit tests + notebooks 01, 02, 04 and 06 on the
-# pinned paths, and 03 and 05 on another host's paths, whose log is printed when both have finished.
+# Two passes at once (one thread each, so 2 cores run both): unit tests + notebooks 01, 02, 04 and 05 on the
+# pinned paths, and 03 and 06 on another host's paths, whose log is printed when both have finished.
 test: setup
 	@mkdir -p build
 	@env $(OTHER_HOST) $(PYTEST) $(OTHER_HOST_TESTS) > build/test-other-host.log 2>&1 & other=$$!; \

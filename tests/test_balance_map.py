@@ -147,6 +147,8 @@ def test_seeds_needed_inverts_the_interval_width():
     half = 100 * 4.302652729911275 * d.std(ddof=1) / np.sqrt(3) / 0.11  # t_{0.975, 2}
     assert table.loc["MB", "half_width_pct"] == pytest.approx(half)
     assert table.loc["MB", "seeds_needed"] == seeds_needed(table.loc["MB", "sd_pct"], 5.0)
+    assert table.loc["MB", "sd_upper_pct"] == pytest.approx(table.loc["MB", "sd_pct"] * 4.415, rel=1e-3)  # chi2(2)
+    assert table.loc["MB", "seeds_needed_upper"] > table.loc["MB", "seeds_needed"]
     assert table.loc["PC", "target_pct"] == 10.0
     with pytest.raises(ValueError, match="no target half-width for 'MB'"):
         design(changes, {"PC": 5.0})

@@ -75,15 +75,20 @@ def design(changes: pd.DataFrame, targets: dict[str, float], level: float = 0.95
     """What each comparison of `paired_change` resolves and what it would need: the seeds it has, its
     measured paired spread, its interval's half-width now, the smallest change it detects, and the seeds
     that would bring the half-width to its target (`targets`: method -> half-width in percent; methods not
-    named take the value of the key "*")."""
+    named take the value of the key "*"). A spread measured on few seeds is itself uncertain: `sd_upper_pct`
+    is its one-sided 95 % upper limit, sd · sqrt((n - 1) / chi2_{0.05, n-1}) (4.4 times the estimate with
+    three seeds), and `seeds_needed_upper` the seeds that limit would need."""
     rows = []
     for _, c in changes.iterrows():
         target = targets.get(c["method"], targets.get("*"))
         if target is None:
             raise ValueError(f"no target half-width for {c['method']!r}: name it in targets or give a '*' default")
-        rows.append({**{k: c[k] for k in by}, "n_seeds": int(c["n_seeds"]), "sd_pct": c["sd_pct"],
+        n = int(c["n_seeds"])
+        upper = c["sd_pct"] * math.sqrt((n - 1) / stats.chi2.ppf(0.05, n - 1)) if n > 1 else np.nan
+        rows.append({**{k: c[k] for k in by}, "n_seeds": n, "sd_pct": c["sd_pct"], "sd_upper_pct": upper,
                      "half_width_pct": (c["ci_high_pct"] - c["ci_low_pct"]) / 2, "detectable_pct": c["detectable_pct"],
-                     "target_pct": float(target), "seeds_needed": seeds_needed(c["sd_pct"], float(target), level)})
+                     "target_pct": float(target), "seeds_needed": seeds_needed(c["sd_pct"], float(target), level),
+                     "seeds_needed_upper": seeds_needed(upper, float(target), level)})
     return pd.DataFrame(rows)
 
 
