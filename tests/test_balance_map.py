@@ -150,6 +150,8 @@ def test_seeds_needed_inverts_the_interval_width():
     assert table.loc["MB", "sd_upper_pct"] == pytest.approx(table.loc["MB", "sd_pct"] * 4.415, rel=1e-3)  # chi2(2)
     assert table.loc["MB", "seeds_needed_upper"] > table.loc["MB", "seeds_needed"]
     assert table.loc["PC", "target_pct"] == 10.0
+    one = design(paired_change(runs[runs["seed"] == 0]), {"*": 10.0})
+    assert one["seeds_needed"].isna().all() and one["sd_upper_pct"].isna().all()  # one seed: nothing to size from
     with pytest.raises(ValueError, match="no target half-width for 'MB'"):
         design(changes, {"PC": 5.0})
 

@@ -87,8 +87,9 @@ def design(changes: pd.DataFrame, targets: dict[str, float], level: float = 0.95
         upper = c["sd_pct"] * math.sqrt((n - 1) / stats.chi2.ppf(0.05, n - 1)) if n > 1 else np.nan
         rows.append({**{k: c[k] for k in by}, "n_seeds": n, "sd_pct": c["sd_pct"], "sd_upper_pct": upper,
                      "half_width_pct": (c["ci_high_pct"] - c["ci_low_pct"]) / 2, "detectable_pct": c["detectable_pct"],
-                     "target_pct": float(target), "seeds_needed": seeds_needed(c["sd_pct"], float(target), level),
-                     "seeds_needed_upper": seeds_needed(upper, float(target), level)})
+                     "target_pct": float(target),  # one seed: no spread, so nothing to size from
+                     "seeds_needed": seeds_needed(c["sd_pct"], float(target), level) if n > 1 else np.nan,
+                     "seeds_needed_upper": seeds_needed(upper, float(target), level) if n > 1 else np.nan})
     return pd.DataFrame(rows)
 
 
