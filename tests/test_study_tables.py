@@ -134,8 +134,7 @@ def test_quality_vs_cost_draws_every_method_with_its_interval():
     runs = pd.DataFrame({"method": ["Vanilla", "Vanilla", "MB", "MB", "One"],
                          "seed": [0, 1, 0, 1, 0], "test_ndcg@10": [0.10, 0.12, 0.12, 0.13, 0.09],
                          "train_seconds": [1.0, 1.0, 1.5, 1.5, 2.0], "steps": [10] * 5})
-    summary = summarize(runs, metrics=["ndcg@10"])
-    fig = plots.quality_vs_cost(summary, step_cost(runs), floors={"most popular": 0.05}, highlight=["MB"])
+    fig = plots.quality_vs_cost(runs, step_cost(runs), floors={"most popular": 0.05}, highlight=["MB"])
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.texts] == ["Vanilla", "MB", "One"]
     assert ax.get_ylim()[0] < 0.05 < 0.13 < ax.get_ylim()[1]  # the floor and every interval are in view

@@ -1,8 +1,13 @@
-"""Deterministic figures for the notebooks: same inputs, byte-identical PNG and SVG files."""
+"""Deterministic figures for the notebooks: same inputs, byte-identical PNG and SVG files.
+
+The statistical figures are drawn with seaborn from the runs (one row per run), with the intervals of
+`mbkit.study.stats` (t-intervals over seeds, paired where there is a baseline), never seaborn's bootstrap.
+"""
 
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -10,6 +15,9 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
+
+from mbkit.study.stats import per_seed_change, t_interval
 
 matplotlib.rcParams["svg.hashsalt"] = "mbkit"  # stable SVG ids
 PALETTE = plt.get_cmap("tab10").colors
@@ -123,51 +131,69 @@ def applied(d: pd.DataFrame, tensors: Iterable[str] | None = None, window: int =
     return fig
 
 
-def relax_sweep(summary: pd.DataFrame, metric: str = "ndcg@10", chosen: float | None = None,
-                floor: float | None = None) -> plt.Figure:
-    """Mean ± std of `metric` against the relax factor, one line per strategy; `floor` (e.g. the popularity
-    ranker's value of the same metric on the same split) as a dotted line.
+def _interval(level: float):
+    """seaborn's `errorbar` for a t-interval of the mean at `level`."""
+    return lambda values: t_interval(values, level)
 
-    `summary` is indexed by (strategy, relax_factor) as returned by `experiments.summarize`.
-    """
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    for i, (strategy, g) in enumerate(summary.groupby(level=0, sort=False)):
-        r = g.index.get_level_values(1).to_numpy(dtype=float)
-        ax.errorbar(r, g[f"{metric}_mean"], yerr=g[f"{metric}_std"], marker="o", capsize=3,
-                    color=PALETTE[i], label=str(strategy))
+
+def relax_sweep(runs: pd.DataFrame, metric: str = "ndcg@10", chosen: float | None = None,
+                floor: float | None = None, level: float = 0.95, split: str = "valid") -> plt.Figure:
+    """`split` `metric` against the relax factor, one line per strategy: each seed's run (dots) and the mean
+    with its t-interval at `level`; `floor` (the popularity ranker's value of the same metric on the same
+    split) as a dotted line and `chosen` as a dashed one. `runs` holds one row per run with `strategy`,
+    `relax_factor` and `<split>_<metric>` columns (`run_grid`)."""
+    y = f"{split}_{metric}"
+    fig, ax = plt.subplots(figsize=(5.4, 3.6))
+    hue = {"hue": "strategy", "palette": "tab10"} if runs["strategy"].nunique() > 1 else {"color": PALETTE[0]}
+    sns.lineplot(data=runs, x="relax_factor", y=y, errorbar=_interval(level), err_style="bars", marker="o",
+                 err_kws={"capsize": 3}, ax=ax, **hue)
+    sns.scatterplot(data=runs, x="relax_factor", y=y, color="0.55", s=12, alpha=0.7, ax=ax, legend=False,
+                    zorder=0)
     if chosen is not None:
-        ax.axvline(chosen, color="black", lw=0.6, ls="--")
+        ax.axvline(chosen, color="black", lw=0.6, ls="--", label=f"chosen r = {chosen:g}")
     if floor is not None:
         ax.axhline(floor, color="grey", lw=1.0, ls=":", label="most popular (floor)")
     ax.set_xlabel("relax factor r")
-    ax.set_ylabel(f"validation {metric.upper()}")
-    ax.legend(frameon=False, title="strategy", fontsize=8)
+    ax.set_ylabel(f"{'validation' if split == 'valid' else split} {metric.upper()}\n"
+                  f"(seeds; mean, {level:.0%} interval)")
+    ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def comparison(summary: pd.DataFrame, metrics: Iterable[str] = ("ndcg@10", "recall@10", "ndcg@20", "recall@20"),
-               seconds: pd.Series | None = None) -> plt.Figure:
-    """Grouped bars (mean ± std over seeds) per method, and training seconds per run when given."""
-    metrics = list(metrics)
-    n = len(summary)
+def comparison(runs: pd.DataFrame, baseline: str = "Vanilla", metric: str = "test_ndcg@10",
+               seconds: pd.Series | None = None, floor: float | None = None, level: float = 0.95,
+               margin_pct: float = 5.0) -> plt.Figure:
+    """Each method against `baseline`, paired by seed (`stats.per_seed_change`): every seed's change in
+    percent of the baseline's mean (dots) and the mean with its paired t-interval at `level` (the interval
+    of `stats.paired_change`), the band of +-`margin_pct` in which an interval reads as a tie, and `floor` (the
+    popularity ranker's `metric`) as a change of the same kind. Beside it, training seconds per run (`seconds`,
+    mean per method) when given."""
+    changes = per_seed_change(runs, baseline, metric)
+    order = list(dict.fromkeys(changes["method"]))
     ncols = 2 if seconds is not None else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(6.5 * ncols, 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, ncols, figsize=(6.2 * ncols, 0.45 * len(order) + 1.8), squeeze=False)
     ax = axes[0, 0]
-    width = 0.8 / n
-    x = np.arange(len(metrics))
-    for i, (label, row) in enumerate(summary.iterrows()):
-        ax.bar(x + (i - (n - 1) / 2) * width, [row[f"{m}_mean"] for m in metrics], width,
-               yerr=[row[f"{m}_std"] for m in metrics], capsize=2, color=PALETTE[i], label=label)
-    ax.set_xticks(x, [m.upper() for m in metrics])
-    ax.set_ylabel("test metric")
-    ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.12), ncol=2)
+    ax.axvspan(-margin_pct, margin_pct, color="0.92", zorder=0, label=f"\u00b1{margin_pct:g} % (a tie)")
+    ax.axvline(0, color="0.4", lw=0.8)
+    # a swarm, not a strip: seaborn's jitter draws from numpy's global random state, so the files would differ
+    sns.swarmplot(data=changes, y="method", x="change_pct", order=order, color="0.55", size=4, ax=ax)
+    sns.pointplot(data=changes, y="method", x="change_pct", order=order, hue="method", hue_order=order,
+                  palette="tab10", errorbar=_interval(level), linestyle="none", capsize=0.3, markers="D",
+                  legend=False, ax=ax)
+    if floor is not None:
+        base = float(runs.loc[runs["method"] == baseline, metric].mean())
+        ax.axvline(100 * (floor / base - 1), color="0.3", ls=":", lw=1, label="popularity floor")
+    name = metric.replace("test_", "test ").replace("valid_", "validation ").upper().replace("TEST", "test")
+    ax.set_xlabel(f"{name} vs {baseline}, % (seeds; mean, paired {level:.0%} interval)")
+    ax.set_ylabel("")
+    ax.legend(frameon=False, fontsize=7, loc="lower right")
     if seconds is not None:
-        ax2 = axes[0, 1]
-        ax2.barh(np.arange(len(seconds)), seconds.to_numpy(), color=[PALETTE[i] for i in range(len(seconds))])
-        ax2.set_yticks(np.arange(len(seconds)), list(seconds.index), fontsize=8)
-        ax2.invert_yaxis()
-        ax2.set_xlabel("training seconds per run (mean)")
+        per_method = pd.DataFrame({"method": seconds.index, "seconds": seconds.to_numpy(float)})
+        sns.barplot(data=per_method, y="method", x="seconds", hue="method", palette="tab10", legend=False,
+                    ax=axes[0, 1])
+        axes[0, 1].set_xlabel("training seconds per run (mean)")
+        axes[0, 1].set_ylabel("")
     fig.tight_layout()
     return fig
 
@@ -219,17 +245,23 @@ def balance_map(balanced: pd.DataFrame, within: pd.DataFrame, cells: pd.DataFram
         grid, lo, hi = (w.pivot(index="method", columns="scale", values=v).reindex(
             index=[m for m in methods if m != "Vanilla"], columns=cell.index) for v in ("change_pct", "ci_low_pct",
                                                                                         "ci_high_pct"))
-        im = ax.imshow(grid.to_numpy(float), cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+        label = grid.copy().astype(object)
         for (i, j), v in np.ndenumerate(grid.to_numpy(float)):
-            clear = lo.iat[i, j] > 0 or hi.iat[i, j] < 0  # False for one seed (no interval)
             ci = f"\n[{lo.iat[i, j]:+.1f}, {hi.iat[i, j]:+.1f}]" if np.isfinite(lo.iat[i, j]) else ""
-            ax.text(j, i, f"{v:+.1f}%{ci}", ha="center", va="center", fontsize=7,
-                    fontweight="bold" if clear else "normal")
-        ax.set_xticks(range(len(cell)), [f"{r:.2g}\n(w = {_power(s)})" for s, r in cell["ratio"].items()], fontsize=7)
-        ax.set_yticks(range(len(grid)), grid.index, fontsize=7)
+            label.iat[i, j] = f"{v:+.1f}%{ci}"
+        with warnings.catch_warnings():  # seaborn 0.13.2 calls a Colormap method that matplotlib 3.11 deprecates
+            warnings.filterwarnings("ignore", "The set_bad function", PendingDeprecationWarning)
+            sns.heatmap(grid.astype(float), annot=label.to_numpy(), fmt="", cmap="RdBu", center=0, vmin=-lim, vmax=lim,
+                        annot_kws={"fontsize": 7}, cbar_kws={"shrink": 0.8}, ax=ax,
+                        xticklabels=[f"{r:.2g}\n(w = {_power(s)})" for s, r in cell["ratio"].items()],
+                        yticklabels=list(grid.index))
+        clear = ((lo > 0) | (hi < 0)).to_numpy().ravel()  # False for one seed (no interval)
+        for text, bold in zip(ax.texts, clear):  # seaborn writes the annotations row by row
+            text.set_fontweight("bold" if bold else "normal")
+        ax.tick_params(labelsize=7)
         ax.set_xlabel("measured ratio (auxiliary gradient scale)")
+        ax.set_ylabel("")
         ax.set_title(f"against Vanilla at the same scale, test {metric}, %", fontsize=9)
-        fig.colorbar(im, ax=ax, shrink=0.8)
     fig.tight_layout()
     return fig
 
@@ -257,27 +289,26 @@ def _label_heights(x: np.ndarray, y: np.ndarray, gap: float, width: float) -> np
     return out
 
 
-def quality_vs_cost(summary: pd.DataFrame, cost: pd.Series, metric: str = "ndcg@10", level: float = 0.95,
+def quality_vs_cost(runs: pd.DataFrame, cost: pd.Series, metric: str = "test_ndcg@10", level: float = 0.95,
                     floors: dict[str, float] | None = None, highlight: Iterable[str] = ()) -> plt.Figure:
-    """Each method's test `metric` (mean over seeds, with its t-interval at `level`) against its time per
-    training step relative to Vanilla (`cost.step_times`, or `experiments.step_cost` from the runs);
-    `floors` (label -> value) are drawn as horizontal lines, e.g. the popularity ranker (no training cost)."""
-    from scipy import stats
-
-    methods = [m for m in summary.index if m in cost.index]
-    mean = summary.loc[methods, f"{metric}_mean"].to_numpy(float)
-    n = summary.loc[methods, "n_seeds"].to_numpy(float)
-    half = np.where(n > 1, stats.t.ppf(0.5 + level / 2, np.maximum(n - 1, 1)), np.nan) \
-        * summary.loc[methods, f"{metric}_std"].to_numpy(float) / np.sqrt(n)
-    x = cost.loc[methods].to_numpy(float)
+    """Each method's `metric` (mean over its runs' seeds, with the t-interval at `level`) against its time per
+    training step relative to Vanilla (`cost.step_times`, or `stats.step_cost` from the runs); `floors`
+    (label -> value) are drawn as horizontal lines, e.g. the popularity ranker (no training cost)."""
+    methods = [m for m in dict.fromkeys(runs["method"]) if m in cost.index]
+    drawn = runs[runs["method"].isin(methods)].assign(cost=lambda r: r["method"].map(cost).astype(float))
     highlight = set(highlight)
+    colors = {m: PALETTE[3] if m in highlight else PALETTE[0] for m in methods}
     fig, ax = plt.subplots(figsize=(8.5, 5.2))
-    for i, m in enumerate(methods):
-        color = PALETTE[3] if m in highlight else PALETTE[0]
-        ax.errorbar(x[i], mean[i], yerr=None if np.isnan(half[i]) else half[i], fmt="o", ms=5, capsize=3,
-                    color=color, lw=1)
-    lo = np.nanmin(mean - np.nan_to_num(half)) if len(methods) else 0.0
-    hi = np.nanmax(mean + np.nan_to_num(half)) if len(methods) else 1.0
+    if methods:
+        sns.pointplot(data=drawn, x="cost", y=metric, hue="method", hue_order=methods, palette=colors,
+                      native_scale=True, errorbar=_interval(level), linestyle="none", capsize=0.02, markersize=5,
+                      err_kws={"linewidth": 1}, legend=False, ax=ax)
+    by = drawn.groupby("method", sort=False)[metric]
+    mean = by.mean().reindex(methods).to_numpy(float)
+    bounds = np.array([t_interval(by.get_group(m), level) for m in methods]).reshape(-1, 2)
+    x = cost.loc[methods].to_numpy(float)
+    lo = float(bounds[:, 0].min()) if len(methods) else 0.0
+    hi = float(bounds[:, 1].max()) if len(methods) else 1.0
     for j, (label, value) in enumerate((floors or {}).items()):
         ax.axhline(value, color="grey", lw=1, ls=[":", "--", "-."][j % 3], label=label)
         lo, hi = min(lo, value), max(hi, value)
@@ -292,7 +323,8 @@ def quality_vs_cost(summary: pd.DataFrame, cost: pd.Series, metric: str = "ndcg@
                     arrowprops={"arrowstyle": "-", "color": "0.7", "lw": 0.5})
     ax.axvline(1.0, color="0.85", lw=0.8, zorder=0)
     ax.set_xlabel("time per training step / Vanilla (same run)")
-    ax.set_ylabel(f"test {metric.upper()} (mean, {level:.0%} interval over seeds)")
+    ax.set_ylabel(f"{metric.replace('test_', 'test ').upper().replace('TEST', 'test')} "
+                  f"(mean, {level:.0%} interval over seeds)")
     if floors:
         ax.legend(frameon=False, fontsize=8, loc="lower right")
     fig.tight_layout()

@@ -58,6 +58,34 @@ def paired_change(runs: pd.DataFrame, baseline: str = "Vanilla", metric: str = "
     return pd.DataFrame(rows)
 
 
+def per_seed_change(runs: pd.DataFrame, baseline: str = "Vanilla", metric: str = "test_ndcg@10") -> pd.DataFrame:
+    """Each seed's difference to `baseline` in percent of the baseline's mean over the paired seeds,
+    100 · (x_m,s - x_b,s) / mean_s(x_b,s): one row per (method, seed) with `change_pct`. Its mean and
+    t-interval are `paired_change`'s `change_pct`, `ci_low_pct` and `ci_high_pct` (the same numbers, drawn
+    per seed in the figures)."""
+    wide = runs.pivot_table(index="seed", columns="method", values=metric, sort=False)
+    if baseline not in wide.columns:
+        raise ValueError(f"baseline {baseline!r} is not among the methods {list(wide.columns)}")
+    rows = []
+    for method in wide.columns.drop(baseline):
+        both = wide[baseline].notna() & wide[method].notna()
+        scale = 100.0 / float(wide.loc[both, baseline].mean())
+        d = (wide.loc[both, method] - wide.loc[both, baseline]) * scale
+        rows += [{"method": method, "seed": int(seed), "change_pct": float(v)} for seed, v in d.items()]
+    return pd.DataFrame(rows, columns=["method", "seed", "change_pct"])
+
+
+def t_interval(values: Iterable[float], level: float = 0.95) -> tuple[float, float]:
+    """The t-interval of the mean of `values` at `level` (the mean twice for one value): `paired_change`'s
+    interval when `values` are `per_seed_change`'s, and seaborn's `errorbar` in the figures."""
+    v = np.asarray(list(values), float)
+    mean = float(v.mean())
+    if len(v) < 2:
+        return mean, mean
+    half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return mean - half, mean + half
+
+
 def seeds_needed(sd_pct: float, half_width_pct: float, level: float = 0.95, most: int = 1000) -> int:
     """The fewest seeds n >= 2 whose paired interval t_{(1+level)/2, n-1} · sd / sqrt(n) is at most
     `half_width_pct` for a paired spread of `sd_pct` (both in percent of the baseline's mean); `most` + 1
