@@ -263,6 +263,7 @@ def _grid(args: argparse.Namespace) -> None:
 def _run_grid(args: argparse.Namespace, p: dict) -> None:
     import pandas as pd
 
+    from mbkit.study import tune
     from mbkit.study.grid import run_grid
     from mbkit.study.methods import notebook_grid
     from mbkit.study.runs import run_name
@@ -281,15 +282,22 @@ def _run_grid(args: argparse.Namespace, p: dict) -> None:
         raise ValueError(f"{e} (a params file's paths are relative to notebooks/)") from None
     methods, seeds, base = notebook_grid(args.notebook, p)
     runs_dir = Path(p["runs_dir"])
+    tuning = " (after tuning Vanilla: tune_vanilla is on)" if p.get("tune_vanilla") else ""
     folders = [runs_dir / run_name(m, s) for m in methods for s in seeds]
     done = sum((f / "metrics.json").is_file() for f in folders)
     part = sum((f / "last.pt").is_file() and not (f / "metrics.json").is_file() for f in folders)
     print(f"{args.notebook}: {len(folders)} runs in {runs_dir.resolve()}: {done} finished (read from their "
-          f"records), {part} to resume from a checkpoint, {len(folders) - done - part} to train", flush=True)
+          f"records), {part} to resume from a checkpoint, {len(folders) - done - part} to train{tuning}", flush=True)
     _, data = data_config.load(p["device"])
     if (line := _rows_line(data)) is not None:
         print(line, flush=True)
     progress = False if args.progress == "off" else args.progress
+    base, table = tune.notebook_base(data, base, p, seeds, runs_dir=runs_dir, progress=progress,
+                                     **dataclasses.asdict(executor))
+    if table is not None:
+        print(table.round(4).to_string(index=False))
+        print(f"every method trains at lr={base.lr:g}, dropout={base.dropout:g}, {base.num_neg} negatives per positive "
+              "(Vanilla's best on validation)", flush=True)
     runs = run_grid(data, methods, seeds, base, runs_dir=runs_dir, progress=progress,
                     **dataclasses.asdict(executor))
     table = pd.concat({split: summarize(runs, split=split, metrics=["ndcg@10"]) for split in ("valid", "test")},

@@ -229,3 +229,22 @@ def test_every_setting_of_the_configurations_is_a_flag_with_its_default(capsys):
                                  "--progress", "text", "--synthetic-size", "300", "100"])
     assert settings(args, TrainConfig) == TrainConfig(patience=None, mlp_layers=(16, 8), progress="text")
     assert settings(args, DataConfig) == DataConfig(synthetic_size=(300, 100))
+
+
+def test_grid_of_notebook_04_tunes_vanilla_first_when_the_params_say_so(tmp_path, capsys, monkeypatch, task_data):
+    """With tune_vanilla on, `grid 04_method_comparison` tunes as the notebook does and trains every method at
+    the tuned settings, so the notebook then finds every record (its tuning's under runs_dir/tune)."""
+    monkeypatch.setattr(mbkit.data.DataConfig, "load", lambda self, device="auto": (None, task_data))
+    params = tmp_path / "tune.yaml"
+    params.write_text("04_method_comparison:\n  tune_vanilla: true\n  tune_lr: [0.001, 0.01]\n  tune_dropout: [0.2]\n"
+                      "  tune_num_neg: [4]\n  seeds: [0]\n  epochs: 1\n  device: cpu\n")
+    code, out, err = _run(["grid", "04_method_comparison", "--params", str(params), "--runs-dir",
+                           str(tmp_path / "runs"), "--progress", "off"], capsys)
+    assert code == 0, err
+    assert "after tuning Vanilla" in out and "(Vanilla's best on validation)" in out
+    assert sorted(p.name for p in (tmp_path / "runs" / "tune").iterdir()) == [
+        "lr=0.001_dropout=0.2_num_neg=4", "lr=0.01_dropout=0.2_num_neg=4"]
+    chosen = [line for line in out.splitlines() if line.startswith("every method trains at")][0]
+    configs = [json.loads(p.read_text())["config"] for p in (tmp_path / "runs").glob("*_seed0/metrics.json")]
+    assert len(configs) == 7 and all(c["dropout"] == 0.2 for c in configs)  # the seven methods of 04
+    assert len({c["lr"] for c in configs}) == 1 and f"lr={configs[0]['lr']:g}," in chosen

@@ -42,3 +42,18 @@ def test_a_bad_grid_fails_before_training(task_data):
         tune_vanilla(task_data, TINY, {"lr": [1e-3], "dropout": [1.5], "num_neg": [4]}, seeds=[0])
     with pytest.raises(ValueError, match="gives no value for num_neg"):
         TuneGrid(num_neg=())
+
+
+def test_notebook_04s_option_tunes_only_when_it_is_on(task_data, tmp_path):
+    from mbkit.study.tune import notebook_base
+
+    base = dataclasses.replace(TINY, epochs=1)
+    params = {"tune_vanilla": False, "tune_lr": [1e-3, 1e-2], "tune_dropout": [0.5], "tune_num_neg": [4]}
+    assert notebook_base(task_data, base, params, [0], runs_dir=tmp_path) == (base, None)
+    assert not any(tmp_path.iterdir())
+    tuned, table = notebook_base(task_data, base, {**params, "tune_vanilla": True}, [0], runs_dir=tmp_path)
+    assert len(table) == 2 and sorted(p.name for p in (tmp_path / "tune").iterdir()) == [
+        "lr=0.001_dropout=0.5_num_neg=4", "lr=0.01_dropout=0.5_num_neg=4"]
+    assert (tuned, table.to_dict()) == (lambda t: (t[0], t[1].to_dict()))(
+        tune_vanilla(task_data, base, {"lr": [1e-3, 1e-2], "dropout": [0.5], "num_neg": [4]}, [0],
+                     runs_dir=tmp_path / "tune"))

@@ -74,6 +74,20 @@ def tune_vanilla(data: TaskData, base: TrainConfig, grid: TuneGrid | dict[str, I
     return dataclasses.replace(base, **{k: table.loc[chosen, k].item() for k in TUNED}), table
 
 
+def notebook_base(data: TaskData, base: TrainConfig, params: dict[str, Any], seeds: Iterable[int],
+                  runs_dir: str | Path | None = None, progress: Any = False,
+                  **executor: Any) -> tuple[TrainConfig, pd.DataFrame | None]:
+    """Notebook 04's option: with `params["tune_vanilla"]` on, `tune_vanilla` over the grid of `tune_lr`,
+    `tune_dropout` and `tune_num_neg` (its runs under `runs_dir/tune`), returning (the tuned base, the tuning
+    table); off, (`base`, None). The notebook and `python -m mbkit grid` both call it, so that they train the
+    same grid and share its records."""
+    if not params.get("tune_vanilla"):
+        return base, None
+    grid = {"lr": params["tune_lr"], "dropout": params["tune_dropout"], "num_neg": params["tune_num_neg"]}
+    return tune_vanilla(data, base, grid, seeds, runs_dir=None if runs_dir is None else Path(runs_dir) / "tune",
+                        progress=progress, **executor)
+
+
 def choose(table: pd.DataFrame, base: TrainConfig) -> int:
     """The row `tune_vanilla` takes: within one standard error of the best mean, the fewest settings changed
     from `base`, then the higher mean."""
