@@ -23,7 +23,8 @@ import pandas as pd
 from mbkit import data as mbd
 from mbkit.study.grid import run_grid
 from mbkit.study.methods import study_methods
-from mbkit.study.stats import paired_change, seeds_needed
+from mbkit.study.balance_map import equivalent
+from mbkit.study.stats import paired_change, seeds_needed, verdict
 from mbkit.train import TrainConfig
 
 
@@ -49,11 +50,15 @@ def main() -> None:
             runs = run_grid(data, methods, args.seeds, base,
                             runs_dir=Path(args.runs_dir or tmp) / f"world_{users}x{items}")
             seconds = runs.groupby("method", sort=False)["train_seconds"].mean()
-            for _, c in paired_change(runs, "Vanilla", "test_ndcg@10").iterrows():
+            changes = paired_change(runs, "Vanilla", "test_ndcg@10")
+            words = verdict(changes).where(~equivalent(changes, args.target), f"equivalent within +-{args.target:g} %")
+            for (_, c), word in zip(changes.iterrows(), words):
                 n = seeds_needed(c["sd_pct"], args.target)
                 rows.append({"world": f"{users}x{items}", "users x items": f"{data.n_users}x{data.n_items}",
                              "method": c["method"], "seeds": int(c["n_seeds"]),
                              "Vanilla ndcg@10": c["baseline_mean"], "change %": c["change_pct"],
+                             "95 % interval": f"[{c['ci_low_pct']:+.1f}, {c['ci_high_pct']:+.1f}]",
+                             "reads": word,
                              "sd %": c["sd_pct"], "half-width %": (c["ci_high_pct"] - c["ci_low_pct"]) / 2,
                              f"seeds for +-{args.target:g} %": n, "s per run": float(seconds.mean()),
                              "core-min for 3 methods": n * float(seconds.sum()) / 60,

@@ -136,8 +136,10 @@ def test_seeds_needed_inverts_the_interval_width():
     # sd 10 % of the baseline: t_{0.975, n-1} * 10 / sqrt(n) <= 5 first holds at n = 18 (2.110 * 10 / 4.243 = 4.97)
     assert seeds_needed(10.0, 5.0) == 18
     assert stats.t.ppf(0.975, 16) * 10 / np.sqrt(17) > 5.0
-    assert seeds_needed(0.0, 5.0) == 2 and seeds_needed(100.0, 1.0, most=50) == 51
-    with pytest.raises(ValueError, match="half_width_pct=0 > 0"):
+    assert seeds_needed(0.0, 5.0) == 2
+    n = seeds_needed(318.6, 10.0)  # no cap: the number itself, however large
+    assert stats.t.ppf(0.975, n - 1) * 318.6 / np.sqrt(n) <= 10.0 < stats.t.ppf(0.975, n - 2) * 318.6 / np.sqrt(n - 1)
+    with pytest.raises(ValueError, match=r"half_width_pct=0 > 0"):
         seeds_needed(1.0, 0)
     runs = _runs({"Vanilla": [0.10, 0.12, 0.11], "MB": [0.12, 0.13, 0.12], "PC": [0.10, 0.125, 0.11]})
     changes = paired_change(runs)

@@ -86,16 +86,17 @@ def t_interval(values: Iterable[float], level: float = 0.95) -> tuple[float, flo
     return mean - half, mean + half
 
 
-def seeds_needed(sd_pct: float, half_width_pct: float, level: float = 0.95, most: int = 1000) -> int:
+def seeds_needed(sd_pct: float, half_width_pct: float, level: float = 0.95) -> int:
     """The fewest seeds n >= 2 whose paired interval t_{(1+level)/2, n-1} · sd / sqrt(n) is at most
-    `half_width_pct` for a paired spread of `sd_pct` (both in percent of the baseline's mean); `most` + 1
-    where even `most` seeds are not enough."""
-    if not sd_pct >= 0 or not half_width_pct > 0:
-        raise ValueError(f"sd_pct={sd_pct} must be >= 0 and half_width_pct={half_width_pct} > 0")
-    for n in range(2, most + 1):
-        if stats.t.ppf(0.5 + level / 2, n - 1) * sd_pct / math.sqrt(n) <= half_width_pct:
-            return n
-    return most + 1
+    `half_width_pct` for a paired spread of `sd_pct` (both in percent of the baseline's mean). t exceeds the
+    normal quantile z for every n, so the search starts at (z · sd / half-width)^2 and ends a few steps on."""
+    if not (math.isfinite(sd_pct) and sd_pct >= 0) or not half_width_pct > 0:
+        raise ValueError(f"sd_pct={sd_pct} must be finite and >= 0, and half_width_pct={half_width_pct} > 0")
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    n = max(2, math.floor((z * sd_pct / half_width_pct) ** 2))
+    while stats.t.ppf(0.5 + level / 2, n - 1) * sd_pct / math.sqrt(n) > half_width_pct:
+        n += 1
+    return n
 
 
 def design(changes: pd.DataFrame, targets: dict[str, float], level: float = 0.95,
