@@ -21,9 +21,9 @@ from pathlib import Path
 import pandas as pd
 
 from mbkit import data as mbd
+from mbkit.study.balance_map import equivalent
 from mbkit.study.grid import run_grid
 from mbkit.study.methods import study_methods
-from mbkit.study.balance_map import equivalent
 from mbkit.study.stats import paired_change, seeds_needed, verdict
 from mbkit.train import TrainConfig
 
