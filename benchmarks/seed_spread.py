@@ -1,22 +1,21 @@
-"""Does a larger world or a less jumpy protocol narrow the paired spread over seeds, and what does a decision
-cost? Trains Vanilla, MetaBalance (r = 0.3, notebook 03's choice) and PCGrad (adjusted), the study's headline
-comparison, with the notebooks' protocol (cap 20; patience 1, or each `--patience`) on the synthetic world at
-each `--world` size, and prints per size, patience and comparison against Vanilla: the paired standard
-deviation of test NDCG@10 over seeds (percent of Vanilla's mean), the interval's half-width, the seeds that a
-half-width of `--target` percent needs (`stats.seeds_needed`, from the measured spread), the mean seconds per
-run and what those seeds cost in core-minutes for the three methods.
+"""Does a larger world narrow the paired spread over seeds, and what does a decision cost? Trains Vanilla,
+MetaBalance (r = 0.3, notebook 03's choice) and PCGrad (adjusted), the study's headline comparison, with the
+notebooks' protocol (patience 1, cap 20) on the synthetic world at each `--world` size, and prints per size
+and comparison against Vanilla: the paired standard deviation of test NDCG@10 over seeds (percent of
+Vanilla's mean), the interval's half-width, the seeds that a half-width of `--target` percent needs
+(`stats.seeds_needed`, from the measured spread), the mean seconds per run and what those seeds cost in
+core-minutes for the three methods.
 
     .venv/bin/python benchmarks/seed_spread.py --world 30000 10000 --world 60000 20000 --seeds 0 1 2 3 4 5
-    .venv/bin/python benchmarks/seed_spread.py --patience 1 2 3 none
 
-`--runs-dir` keeps each run's record (one folder per size and patience), so a second call with more seeds trains only
-the new ones.
+`--runs-dir` keeps each run's record (one folder per size), so a second call with more seeds trains only
+the new ones. Whether a later stop narrows the spread: `benchmarks/patience.py` applies every patience rule to
+the same runs and prints the same paired figures per rule.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import tempfile
 from pathlib import Path
 
@@ -36,31 +35,27 @@ def main() -> None:
                    help="a synthetic world's size before the filter (repeat for several; default 30000 10000)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     p.add_argument("--relax-factor", type=float, default=0.3)
-    p.add_argument("--patience", type=lambda v: None if v == "none" else int(v), nargs="+", default=[1],
-                   help="epochs without a better validation NDCG@10 before a run stops; none: train all 20 and keep "
-                        "the best (several: one row group each)")
     p.add_argument("--target", type=float, default=5.0, help="half-width of the paired 95 %% interval, percent")
     p.add_argument("--runs-dir", default=None, help="a folder for the runs' records (default: a temporary one)")
     p.add_argument("--device", default="auto")
     args = p.parse_args()
 
     methods = study_methods(args.relax_factor)[:3]  # Vanilla, MetaBalance, PCGrad (adjusted)
+    base = TrainConfig(epochs=20, patience=1, device=args.device, progress=False)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for (users, items), patience in itertools.product(args.world or [(30000, 10000)], args.patience):
+        for users, items in args.world or [(30000, 10000)]:
             config = mbd.DataConfig(data="synthetic", synthetic_size=(users, items))
             _, log = config.read()
             data = config.task_data(log, args.device)
-            base = TrainConfig(epochs=20, patience=patience, device=args.device, progress=False)
             runs = run_grid(data, methods, args.seeds, base,
-                            runs_dir=Path(args.runs_dir or tmp) / f"world_{users}x{items}_patience{patience}")
+                            runs_dir=Path(args.runs_dir or tmp) / f"world_{users}x{items}")
             seconds = runs.groupby("method", sort=False)["train_seconds"].mean()
             changes = paired_change(runs, "Vanilla", "test_ndcg@10")
             words = verdict(changes).where(~equivalent(changes, args.target), f"equivalent within +-{args.target:g} %")
             for (_, c), word in zip(changes.iterrows(), words):
                 n = seeds_needed(c["sd_pct"], args.target)
-                rows.append({"world": f"{users}x{items}", "patience": patience,
-                             "users x items": f"{data.n_users}x{data.n_items}",
+                rows.append({"world": f"{users}x{items}", "users x items": f"{data.n_users}x{data.n_items}",
                              "method": c["method"], "seeds": int(c["n_seeds"]),
                              "Vanilla ndcg@10": c["baseline_mean"], "change %": c["change_pct"],
                              "95 % interval": f"[{c['ci_low_pct']:+.1f}, {c['ci_high_pct']:+.1f}]",
@@ -70,9 +65,8 @@ def main() -> None:
                              "core-min for 3 methods": n * float(seconds.sum()) / 60,
                              "best epochs": sorted(set(runs["best_epoch"]))})
     with pd.option_context("display.width", 200, "display.max_columns", 20):
-        table = pd.DataFrame(rows).round(2)
-        table["Vanilla ndcg@10"] = [row["Vanilla ndcg@10"] for row in rows]
-        print(table.round({"Vanilla ndcg@10": 4}).to_string(index=False))
+        table = pd.DataFrame(rows)
+        print(table.round({c: 4 if c == "Vanilla ndcg@10" else 2 for c in table}).to_string(index=False))
 
 
 if __name__ == "__main__":
