@@ -41,7 +41,7 @@ OTHER_HOST_TESTS := notebooks/03_relax_factor.ipynb notebooks/06_all_methods.ipy
 PINNED_ONLY_SKIPS := --ignore=tests/test_ray_grid.py --ignore=tests/test_lab.py \
 	--ignore=notebooks/03_relax_factor.ipynb --ignore=notebooks/06_all_methods.ipynb
 
-.PHONY: setup lock reproduce notebooks test clean
+.PHONY: setup lock reproduce notebooks decision test clean
 
 setup: $(VENV)/.installed
 
@@ -74,6 +74,14 @@ reproduce: setup
 # Maintainers: re-run the notebooks and store the executed copies (with outputs) in notebooks/.
 notebooks: setup
 	env $(PINNED) $(BIN)/python -m mbkit reproduce --params $(PARAMS) --out $(EXECUTED) --jobs $(JOBS) --update-notebooks
+
+# The decision (docs/decision.md): notebooks 03 and 04 at the seeds their headline comparisons need, every run
+# a Ray task on this machine's cores, into results/decision/ and figures/decision/. Not part of `reproduce`: it
+# does not fit its 25 minutes. A killed run trains only the missing runs when started again (build/runs/decision).
+DECISION := notebooks/params/decision.yaml
+decision: setup
+	env $(PINNED) $(BIN)/python -m mbkit reproduce --params $(DECISION) --only 03_ --out build/decision --keep-readme
+	env $(PINNED) $(BIN)/python -m mbkit reproduce --params $(DECISION) --only 04_ --out build/decision
 
 # Two passes at once (one thread each, so 2 cores run both): unit tests + notebooks 01, 02, 04 and 05 on the
 # pinned paths, and 03 and 06 on another host's paths, whose log is printed when both have finished.

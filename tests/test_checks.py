@@ -73,7 +73,7 @@ def test_only_records_with_the_same_parameters_are_compared(monkeypatch):
 
 def test_explored_parameters_write_to_a_scratch_folder(monkeypatch, tmp_path, capsys):
     monkeypatch.delenv("MBKIT_OUTPUT_ROOT", raising=False)
-    monkeypatch.setattr(notebook, "committed_record", lambda name: {"params": {"epochs": 2}})
+    monkeypatch.setattr(notebook, "committed_record", lambda name, results_dir=None: {"params": {"epochs": 2}})
     monkeypatch.chdir(tmp_path)
     same = output_dirs("../figures", "../results", notebook="03_relax_factor", params={"epochs": 2})
     assert [str(p) for p in same] == ["../figures", "../results"]
@@ -84,6 +84,19 @@ def test_explored_parameters_write_to_a_scratch_folder(monkeypatch, tmp_path, ca
     monkeypatch.setenv("MBKIT_OUTPUT_ROOT", str(tmp_path / "root"))
     assert output_dirs("../results", notebook="03_relax_factor", params={"epochs": 1}) == [tmp_path / "root" / "results"]
 
+
+
+def test_outputs_are_compared_with_the_record_in_their_own_folder(monkeypatch, tmp_path):
+    """`make decision` writes into results/decision/: its parameters are compared with the record there, so
+    its first run (no record yet) and its re-runs write in place, and other parameters still go to scratch."""
+    monkeypatch.delenv("MBKIT_OUTPUT_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "decision"
+    assert output_dirs("figs", folder, notebook="03_relax_factor", params={"epochs": 1}, record_dir=folder)[1] == folder
+    (folder / "03_relax_factor.json").write_text('{"params": {"epochs": 1}}')
+    assert output_dirs(folder, notebook="03_relax_factor", params={"epochs": 1}, record_dir=folder) == [folder]
+    explored = output_dirs(folder, notebook="03_relax_factor", params={"epochs": 2}, record_dir=folder)
+    assert "build/explore/03_relax_factor-" in str(explored[0])
 
 def summary(rows: dict[float, tuple[float, float]], n: int = 3) -> pd.DataFrame:
     idx = pd.MultiIndex.from_tuples([("both", r) for r in rows], names=["strategy", "relax_factor"])

@@ -214,3 +214,26 @@ def test_trained_means_lie_within_the_committed_seed_spread(notebook, keys):
         assert was in session["chosen"]["near_best"], (
             f"the committed choice {was} is no longer within one standard error of the best "
             f"{session['chosen']['best']}; candidates now: {session['chosen']['near_best']}")
+
+
+@pytest.mark.parametrize("notebook, keys", [("03_relax_factor", ["strategy", "relax_factor"]),
+                                            ("04_method_comparison", ["method"])])
+def test_the_decision_starts_with_this_sessions_runs(notebook, keys):
+    """The decision (results/decision/, `make decision`) is the default study at more seeds. Its runs of the
+    seeds this session trained must lie within the committed seed spread of this session's: a code change that
+    moves training leaves the decision stale, and `make decision` has to be run again."""
+    from mbkit.study import checks, decision
+    from mbkit.study.tables import METRICS as TABLE_METRICS
+    from mbkit.study.tables import summarize
+    committed, session = committed_and_session(notebook)
+    decided = decision.runs(notebook)
+    assert decided is not None, f"results/decision/{notebook}_runs.csv is not committed: run `make decision`"
+    ours = pd.read_csv(Path(os.environ["MBKIT_OUTPUT_ROOT"]) / "results" / f"{notebook}_runs.csv")
+    if notebook == "03_relax_factor":
+        ours = ours.drop_duplicates(["method", "seed"])
+    split = "valid" if notebook == "03_relax_factor" else "test"
+    first = decided[decided["seed"].isin(session["seeds"])]
+    assert sorted(first["seed"].unique()) == sorted(session["seeds"]), "the decision lacks this session's seeds"
+    group = [k for k in keys if k != "strategy"] if notebook == "03_relax_factor" else keys
+    new, old = (summarize(t, by=group, split=split).reset_index() for t in (first, ours))
+    checks.raise_failures(checks.bands(new, old, group, metrics=TABLE_METRICS), "the decision's first seeds' means")

@@ -59,6 +59,26 @@ def _comparison(rec: dict) -> list[str]:
     return lines
 
 
+def _decision(results_dir: Path) -> list[str]:
+    """The decision's lines (results/decision/, `make decision`): per notebook its seeds and each row's reading."""
+    from mbkit.study import decision
+
+    folder = results_dir / "decision"
+    lines = []
+    for name, what in (("04_method_comparison", "test NDCG@10 over Vanilla"),
+                       ("03_relax_factor", "validation NDCG@10 over r = 0")):
+        rec = decision.record(name, folder)
+        if rec is None:
+            continue
+        relax = rec["params"].get("relax_factor", rec.get("chosen", {}).get("relax_factor"))
+        t = decision.table(name, relax, folder)
+        rows = "; ".join(f"{r.method} {_pct(r.change_pct)} [{_pct(r.ci_low_pct)}, {_pct(r.ci_high_pct)}]: {r.reading}"
+                         for r in t.itertuples())
+        lines.append(f"The decision, notebook {name[:2]} at {len(rec['seeds'])} seeds (`make decision`, "
+                     f"docs/decision.md), {what}, paired 95 % intervals: {rows}.")
+    return [" ".join(lines)] if lines else []
+
+
 def _sweep(rec: dict) -> list[str]:
     c = rec["chosen"]
     return [f"Notebook 03 (thesis Table 2, validation) chose r = {c['relax_factor']:g} ({c['strategy']}) by the rule "
@@ -105,6 +125,8 @@ def headline(results_dir: str | Path | None = None) -> str:
         rec = _record(results_dir, name)
         if rec is not None:
             lines += part(rec) + [""]
+        if name == "04_method_comparison" and (decided := _decision(results_dir)):
+            lines += decided + [""]
     return "\n".join(lines).rstrip("\n")
 
 

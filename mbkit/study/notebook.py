@@ -27,19 +27,22 @@ from mbkit.study.checks import NOT_COMPARED, committed_record, params_differ
 from mbkit.study.reproduce import NOTEBOOK_DIR, declared
 from mbkit.utils import resolve_device
 
+DEFAULT_RESULTS = "../results"  # the notebooks' results_dir: the committed results/, seen from notebooks/
 # The parameters that say how a grid runs (where its records go, on what executor), not what it computes.
 GRID_SETTINGS = ("runs_dir", "progress", "executor", "ray_address", "runs_per_gpu", "cpus_per_run")
 
 
 def output_dirs(*directories: str | Path, notebook: str | None = None,
-                params: dict[str, Any] | None = None) -> list[Path]:
+                params: dict[str, Any] | None = None, record_dir: str | Path | None = None) -> list[Path]:
     """The notebook's output folders: in place, under `$MBKIT_OUTPUT_ROOT`, or in a scratch folder.
 
     - `$MBKIT_OUTPUT_ROOT` set (`make test`, the browser test): everything goes under it.
-    - `notebook` and `params` given, and the committed `results/<notebook>.json` was made with other
-      parameters: the outputs go to `build/explore/<notebook>-<hash of params>/`, and a line says so.
-      Exploring in JupyterLab never rewrites the committed figures and results.
-    - otherwise in place (`make reproduce` with the parameters that produced the committed results).
+    - `notebook` and `params` given, and the record `<record_dir>/<notebook>.json` (default: the committed
+      `results/`) was made with other parameters: the outputs go to
+      `build/explore/<notebook>-<hash of params>/`, and a line says so. Exploring in JupyterLab never
+      rewrites the committed figures and results.
+    - otherwise in place (`make reproduce` with the parameters that produced the committed results, or
+      `make decision` into `results/decision/`, which holds the records of its own parameters).
     """
     root = os.environ.get("MBKIT_OUTPUT_ROOT")
     if root:
@@ -47,7 +50,7 @@ def output_dirs(*directories: str | Path, notebook: str | None = None,
     else:
         out = [Path(d) for d in directories]
         if notebook is not None and params is not None:
-            differ = params_differ(params, committed_record(notebook), notebook)
+            differ = params_differ(params, committed_record(notebook, record_dir), notebook)
             if differ:
                 key = json.dumps(jsonable(params), sort_keys=True).encode()
                 scratch = ROOT / "build" / "explore" / f"{notebook}-{hashlib.sha256(key).hexdigest()[:8]}"
@@ -131,7 +134,10 @@ def start(name: str, namespace: Mapping[str, Any]) -> Notebook:
                         "cell first (in JupyterLab: Run > Run All Cells)")
     values = {n: namespace[n] for n in names}
     nb = Notebook(name, values, Path(values.get("figures_dir", "../figures")),
-                  Path(values.get("results_dir", "../results")))
-    figures_dir, results_dir = output_dirs(nb.figures_dir, nb.results_dir, notebook=name, params=nb.params)
+                  Path(values.get("results_dir", DEFAULT_RESULTS)))
+    # the default folder is the committed results/; another one (`make decision`'s) holds records of its own
+    own = None if nb.results_dir == Path(DEFAULT_RESULTS) else nb.results_dir
+    figures_dir, results_dir = output_dirs(nb.figures_dir, nb.results_dir, notebook=name, params=nb.params,
+                                           record_dir=own)
     pd.set_option("display.width", 160)
     return dataclasses.replace(nb, figures_dir=figures_dir, results_dir=results_dir)

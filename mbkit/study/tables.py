@@ -59,6 +59,21 @@ def relative_improvement(summary: pd.DataFrame, baseline: str, metrics: Iterable
     return pd.DataFrame({m: 100.0 * (summary[f"{m}_mean"] / base[f"{m}_mean"] - 1.0) for m in metrics}) + 0.0
 
 
+def one_run_resolution(summary: pd.DataFrame, baseline: Any, metric: str = "ndcg@10", drop: Iterable[Any] = (),
+                       name: str | None = None) -> str:
+    """What a table of one run per method resolves, in words: s, the seed std of `metric` averaged over the rows
+    of `summary` (those in `drop` left out, e.g. a floor without seeds), in percent of the `baseline` row's mean.
+    Two single runs differ with a standard deviation of about sqrt(2)·s, so such a table tells apart differences
+    above about 2·sqrt(2)·s (two standard deviations)."""
+    rows = summary.drop(index=[d for d in drop if d in summary.index])
+    s = float(rows[f"{metric}_std"].mean())
+    pct = 100.0 * s / float(summary.loc[baseline, f"{metric}_mean"])
+    shown = {"ndcg": "NDCG", "recall": "Recall", "precision": "Precision"}.get(metric.split("@")[0], metric)
+    shown += metric[len(metric.split("@")[0]):]
+    return (f"seed std of {shown} (mean over the trained rows): {s:.4f} = {pct:.1f} % of {name or baseline}'s mean; "
+            f"one run resolves differences above about {2 * 2 ** 0.5 * pct:.0f} %")
+
+
 def floor_row(data: Any, split: str = "test", label: str = POPULARITY_LABEL) -> pd.DataFrame:
     """The popularity floor (`mbkit.popularity`) as one row of a `summarize` table (std 0: it has no seed)."""
     metrics = evaluate(most_popular(data), data, split)
