@@ -46,8 +46,7 @@ def test_the_records_tables_are_its_runs():
 @pytest.mark.parametrize("notebook", NOTEBOOKS)
 def test_the_decision_resolves_what_it_was_sized_for(notebook):
     """Every headline row's 95 % interval within +-5 % of the baseline's mean, every other row's within +-10 %."""
-    relax = decision.record("04_method_comparison")["params"]["relax_factor"]
-    decided = decision.table(notebook, relax)
+    decided = decision.table(notebook)
     headline = decided["target_pct"] == decision.HEADLINE_PCT
     assert headline.sum() == (2 if notebook == "04_method_comparison" else 1), decided["method"].tolist()
     wide = decided.loc[~decided["meets_target"], ["method", "ci_low_pct", "ci_high_pct", "target_pct"]]
@@ -68,7 +67,8 @@ def fake_runs(diff: dict[str, float], n: int = 8) -> pd.DataFrame:
 def test_table_reads_better_worse_and_equivalence(tmp_path):
     fake_runs({"MetaBalance (r=0.3)": 0.0, "PCGrad (adjusted)": 0.3, "Single task (target only)": -0.4}).to_csv(
         tmp_path / "04_method_comparison_runs.csv", index=False)
-    t = decision.table("04_method_comparison", 0.3, tmp_path).set_index("method")
+    (tmp_path / "04_method_comparison.json").write_text('{"params": {"relax_factor": 0.3}}')
+    t = decision.table("04_method_comparison", tmp_path).set_index("method")
     assert t.loc["MetaBalance (r=0.3)", "reading"] == "equivalent within +-5%"
     assert t.loc["PCGrad (adjusted)", "reading"] == "better"
     assert t.loc["Single task (target only)", "reading"] == "worse"

@@ -22,11 +22,13 @@ DIR = ROOT / "results" / "decision"
 PARAMS = ROOT / "notebooks" / "params" / "decision.yaml"
 # The half-widths the decision is sized for, percent of the baseline's mean: the study's headline rows, the rest.
 HEADLINE_PCT, OTHER_PCT = 5.0, 10.0
-# Each notebook's comparison: baseline, metric, and the rows held to HEADLINE_PCT (given the relax factor).
+# Each notebook's comparison: baseline, metric, and the rows held to HEADLINE_PCT, named from the record: 04's
+# MetaBalance at the relax factor it trained and PCGrad (adjusted); 03's relax factor that its rule chose.
 COMPARISONS = {
     "04_method_comparison": ("Vanilla", "test_ndcg@10",
-                             lambda r: [f"MetaBalance (r={r:g})", "PCGrad (adjusted)"]),
-    "03_relax_factor": ("r=0", "valid_ndcg@10", lambda r: [f"both r={r:g}"]),
+                             lambda rec: [f"MetaBalance (r={rec['params']['relax_factor']:g})", "PCGrad (adjusted)"]),
+    "03_relax_factor": ("r=0", "valid_ndcg@10",
+                        lambda rec: [f"{rec['chosen']['strategy']} r={rec['chosen']['relax_factor']:g}"]),
 }
 
 
@@ -45,18 +47,18 @@ def runs(name: str, results_dir: str | Path | None = None) -> pd.DataFrame | Non
     return pd.read_csv(path).drop_duplicates(["method", "seed"], ignore_index=True)
 
 
-def table(name: str, relax_factor: float, results_dir: str | Path | None = None) -> pd.DataFrame | None:
+def table(name: str, results_dir: str | Path | None = None) -> pd.DataFrame | None:
     """Each row's paired change over the notebook's baseline in the decision's runs, with what the design
     resolves: n_seeds, change_pct and its 95 % interval, detectable_pct (80 % power), the target half-width
-    (HEADLINE_PCT for the study's headline rows at `relax_factor`, else OTHER_PCT), whether the interval
-    meets it, and the reading: better, worse, "equivalent within +-5 %" (the whole interval inside +-5 %),
-    or unresolved. None when the decision has not been run."""
-    table_runs = runs(name, results_dir)
-    if table_runs is None:
+    (HEADLINE_PCT for the headline rows of `COMPARISONS`, else OTHER_PCT), whether the interval meets it,
+    and the reading: better, worse, "equivalent within +-5 %" (the whole interval inside +-5 %), or
+    unresolved. None when the decision has not been run."""
+    rec, table_runs = record(name, results_dir), runs(name, results_dir)
+    if rec is None or table_runs is None:
         return None
     baseline, metric, headline = COMPARISONS[name]
     changes = paired_change(table_runs, baseline, metric)
-    targets = {row: HEADLINE_PCT for row in headline(relax_factor)} | {"*": OTHER_PCT}
+    targets = {row: HEADLINE_PCT for row in headline(rec)} | {"*": OTHER_PCT}
     sized = design(changes, targets)
     words = verdict(changes).where(~(equivalent(changes, HEADLINE_PCT) & (verdict(changes) == UNRESOLVED)),
                                    f"equivalent within +-{HEADLINE_PCT:g}%")
@@ -69,17 +71,26 @@ def table(name: str, relax_factor: float, results_dir: str | Path | None = None)
 
 def report(name: str, relax_factor: float, here: str | Path | None = None,
            results_dir: str | Path | None = None) -> str:
-    """`table` in words, for the notebook `name` (whose outputs go to `here`): the seeds and code of the
-    record, the table, and per reading the rows it names. A run of `make decision` itself says that its own
-    tables above are the decision."""
+    """`table` in words, for the notebook `name` (whose outputs go to `here`, with relax factor `relax_factor`:
+    03's choice, 04's parameter): the seeds and code of the record, which relax factor it chose or trained
+    against this notebook's, the table, and per reading the rows it names. A run of `make decision` itself
+    says that its own tables above are the decision."""
     folder = Path(results_dir or DIR)
     if here is not None and Path(here).resolve() == folder.resolve():
         return f"this run writes the decision ({folder}): the tables above are the decision's"
-    rec, decided = record(name, folder), table(name, relax_factor, folder)
+    rec, decided = record(name, folder), table(name, folder)
     if rec is None or decided is None:
         return f"no decision record in {folder}: `make decision` writes it (docs/decision.md)"
     lines = [f"the decision ({folder.name}/{name}.json): {len(rec['seeds'])} seeds, trained by commit "
-             f"{rec['provenance']['git_commit'][:7]}", decided.round(2).to_string(index=False)]
+             f"{rec['provenance']['git_commit'][:7]}"]
+    sweep, comparison = record("03_relax_factor", folder), record("04_method_comparison", folder)
+    if sweep is not None and comparison is not None:
+        near = ", ".join(f"r={r:g}" for _, r in sweep["chosen"]["near_best"])
+        lines.append(f"its sweep (03) chose r={sweep['chosen']['relax_factor']:g} by the rule of select_relax_factor "
+                     f"(within one standard error of the best mean: {near}); its comparison (04) trains MetaBalance "
+                     f"at r={comparison['params']['relax_factor']:g}, the default study's; this notebook: "
+                     f"r={relax_factor:g}")
+    lines.append(decided.round(2).to_string(index=False))
     for word in decided["reading"].drop_duplicates():
         rows = decided[decided["reading"] == word]
         lines.append(f"  {word}: " + ", ".join(f"{m} {c:+.1f}%" for m, c in zip(rows["method"], rows["change_pct"])))

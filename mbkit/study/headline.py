@@ -70,8 +70,7 @@ def _decision(results_dir: Path) -> list[str]:
         rec = decision.record(name, folder)
         if rec is None:
             continue
-        relax = rec["params"].get("relax_factor", rec.get("chosen", {}).get("relax_factor"))
-        t = decision.table(name, relax, folder)
+        t = decision.table(name, folder)
         rows = "; ".join(f"{r.method} {_pct(r.change_pct)} [{_pct(r.ci_low_pct)}, {_pct(r.ci_high_pct)}]: {r.reading}"
                          for r in t.itertuples())
         lines.append(f"The decision, notebook {name[:2]} at {len(rec['seeds'])} seeds (`make decision`, "
