@@ -73,8 +73,10 @@ def _decision(results_dir: Path) -> list[str]:
         t = decision.table(name, folder)
         rows = "; ".join(f"{r.method} {_pct(r.change_pct)} [{_pct(r.ci_low_pct)}, {_pct(r.ci_high_pct)}]: {r.reading}"
                          for r in t.itertuples())
+        chose = (f" Its rule chooses r = {rec['chosen']['relax_factor']:g} (within one standard error of the best "
+                 f"mean: {', '.join(f'r={r:g}' for _, r in rec['chosen']['near_best'])}).") if "chosen" in rec else ""
         lines.append(f"The decision, notebook {name[:2]} at {len(rec['seeds'])} seeds (`make decision`, "
-                     f"docs/decision.md), {what}, paired 95 % intervals: {rows}.")
+                     f"docs/decision.md), {what}, paired 95 % intervals: {rows}.{chose}")
     return [" ".join(lines)] if lines else []
 
 
