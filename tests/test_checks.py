@@ -85,7 +85,6 @@ def test_explored_parameters_write_to_a_scratch_folder(monkeypatch, tmp_path, ca
     assert output_dirs("../results", notebook="03_relax_factor", params={"epochs": 1}) == [tmp_path / "root" / "results"]
 
 
-
 def test_outputs_are_compared_with_the_record_in_their_own_folder(monkeypatch, tmp_path):
     """`make decision` writes into results/decision/: its parameters are compared with the record there, so
     its first run (no record yet) and its re-runs write in place, and other parameters still go to scratch."""
@@ -97,6 +96,7 @@ def test_outputs_are_compared_with_the_record_in_their_own_folder(monkeypatch, t
     assert output_dirs(folder, notebook="03_relax_factor", params={"epochs": 1}, record_dir=folder) == [folder]
     explored = output_dirs(folder, notebook="03_relax_factor", params={"epochs": 2}, record_dir=folder)
     assert "build/explore/03_relax_factor-" in str(explored[0])
+
 
 def summary(rows: dict[float, tuple[float, float]], n: int = 3) -> pd.DataFrame:
     idx = pd.MultiIndex.from_tuples([("both", r) for r in rows], names=["strategy", "relax_factor"])

@@ -9,6 +9,7 @@
     cost           what a training step of each method costs, timed in turns
     balance_map    notebook 05's map over the synthetic world's dials
     checks         does a re-run reproduce the committed results
+    decision       notebooks 03 and 04 at the seeds their headline comparisons need (`make decision`)
     published      the thesis's Tables 2 and 3, as data
     plots          deterministic figures
     notebook       what the notebooks share: where their outputs go
