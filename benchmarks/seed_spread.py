@@ -22,7 +22,6 @@ from pathlib import Path
 import pandas as pd
 
 from mbkit import data as mbd
-from mbkit.study.balance_map import equivalent
 from mbkit.study.grid import run_grid
 from mbkit.study.methods import study_methods
 from mbkit.study.stats import paired_change, seeds_needed, verdict
@@ -52,7 +51,7 @@ def main() -> None:
                             runs_dir=Path(args.runs_dir or tmp) / f"world_{users}x{items}")
             seconds = runs.groupby("method", sort=False)["train_seconds"].mean()
             changes = paired_change(runs, "Vanilla", "test_ndcg@10")
-            words = verdict(changes).where(~equivalent(changes, args.target), f"equivalent within +-{args.target:g} %")
+            words = verdict(changes, args.target)
             for (_, c), word in zip(changes.iterrows(), words):
                 n = seeds_needed(c["sd_pct"], args.target)
                 rows.append({"world": f"{users}x{items}", "users x items": f"{data.n_users}x{data.n_items}",

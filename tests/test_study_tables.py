@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from mbkit.study.methods import study_methods
-from mbkit.study.stats import paired_change, step_cost, verdicts
+from mbkit.study.stats import paired_change, step_cost, verdict, verdicts
 from mbkit.study.tables import format_table, relative_improvement, stopping, summarize, with_applied_ratio
 
 
@@ -115,6 +115,14 @@ def test_verdicts_sorts_methods_by_their_interval():
     assert "equivalent within +-5% (1): D +0.5%" in text  # [-1 %, +2 %] lies inside +-5 %
     assert "no resolvable difference (1): C +1.0%" in text  # [-10 %, +20 %] does not
 
+
+
+def test_a_margin_turns_only_unresolved_intervals_inside_it_into_ties():
+    changes = pd.DataFrame({"ci_low": [-0.004, -0.002, -0.01], "ci_high": [-0.001, 0.003, 0.02]})
+    changes = changes.assign(ci_low_pct=changes["ci_low"] * 1000, ci_high_pct=changes["ci_high"] * 1000)
+    assert list(verdict(changes)) == ["worse", "no resolvable difference", "no resolvable difference"]
+    # [-4 %, -1 %] excludes 0: it stays worse though it lies inside +-5 %; [-2 %, +3 %] is a tie; [-10, +20] not
+    assert list(verdict(changes, 5.0)) == ["worse", "equivalent within +-5%", "no resolvable difference"]
 
 def test_step_cost_is_the_median_time_per_step_over_runs():
     runs = pd.DataFrame({"method": ["Vanilla"] * 3 + ["X"] * 3,

@@ -20,6 +20,7 @@ from mbkit.data.filter import filter_log
 from mbkit.data.split import TaskData, build_task_data, sample_summary
 from mbkit.data.synthetic import AUXILIARY, synthesize
 from mbkit.study import stats
+from mbkit.study.stats import equivalent
 from mbkit.study.grid import run_grid
 from mbkit.study.methods import Method
 from mbkit.study.tables import floor_row, median_diagnostics
@@ -131,12 +132,6 @@ def against_balanced(runs: pd.DataFrame, baseline: str = "Vanilla", metric: str 
                 rows.append(c.assign(alignment=float(a), scale=float(w)))
     out = pd.concat(rows, ignore_index=True)
     return out[["alignment", "scale", *[c for c in out.columns if c not in ("alignment", "scale")]]]
-
-
-def equivalent(changes: pd.DataFrame, margin_pct: float = 5.0) -> pd.Series:
-    """True where the whole interval lies within +-`margin_pct` of the baseline's mean: a tie the design
-    resolves (an equivalence finding), not just an interval that includes 0."""
-    return (changes["ci_low_pct"] > -margin_pct) & (changes["ci_high_pct"] < margin_pct)
 
 
 def reading(changes: pd.DataFrame, cells: pd.DataFrame, level: float = 0.95, margin_pct: float = 5.0) -> str:

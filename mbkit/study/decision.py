@@ -15,8 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from mbkit.provenance import ROOT
-from mbkit.study.balance_map import equivalent
-from mbkit.study.stats import UNRESOLVED, design, paired_change, verdict
+from mbkit.study.stats import design, paired_change, verdict
 
 DIR = ROOT / "results" / "decision"
 PARAMS = ROOT / "notebooks" / "params" / "decision.yaml"
@@ -60,12 +59,10 @@ def table(name: str, results_dir: str | Path | None = None) -> pd.DataFrame | No
     changes = paired_change(table_runs, baseline, metric)
     targets = {row: HEADLINE_PCT for row in headline(rec)} | {"*": OTHER_PCT}
     sized = design(changes, targets)
-    words = verdict(changes).where(~(equivalent(changes, HEADLINE_PCT) & (verdict(changes) == UNRESOLVED)),
-                                   f"equivalent within +-{HEADLINE_PCT:g}%")
     out = changes[["method", "n_seeds", "change_pct", "ci_low_pct", "ci_high_pct", "detectable_pct"]].copy()
     out["target_pct"] = sized["target_pct"].to_numpy()
     out["meets_target"] = (sized["half_width_pct"] <= sized["target_pct"]).to_numpy()
-    out["reading"] = words.to_numpy()
+    out["reading"] = verdict(changes, HEADLINE_PCT).to_numpy()
     return out
 
 

@@ -122,20 +122,33 @@ def design(changes: pd.DataFrame, targets: dict[str, float], level: float = 0.95
     return pd.DataFrame(rows)
 
 
-def verdict(changes: pd.DataFrame) -> pd.Series:
+def equivalent(changes: pd.DataFrame, margin_pct: float = 5.0) -> pd.Series:
+    """True where the whole interval lies within +-`margin_pct` of the baseline's mean: a tie the design
+    resolves (an equivalence finding), not just an interval that includes 0."""
+    return (changes["ci_low_pct"] > -margin_pct) & (changes["ci_high_pct"] < margin_pct)
+
+
+def tie_word(margin_pct: float) -> str:
+    return f"equivalent within +-{margin_pct:g}%"
+
+
+def verdict(changes: pd.DataFrame, margin_pct: float | None = None) -> pd.Series:
     """The verdict rule, per row of `paired_change`: "better" when the whole interval lies above 0, "worse"
-    when it lies below, else `UNRESOLVED` (no difference the seeds resolve; an interval of one seed is NaN)."""
+    when it lies below, else `UNRESOLVED` (no difference the seeds resolve; an interval of one seed is NaN).
+    With `margin_pct`, an unresolved interval that lies wholly inside +-`margin_pct` reads `tie_word(margin_pct)`
+    (`equivalent`); an interval that excludes 0 keeps its direction even when it is that narrow."""
     words = np.select([changes["ci_low"] > 0, changes["ci_high"] < 0], ["better", "worse"], UNRESOLVED)
-    return pd.Series(words, index=changes.index, name="verdict")
+    says = pd.Series(words, index=changes.index, name="verdict")
+    if margin_pct is not None:
+        says[(says == UNRESOLVED) & equivalent(changes, margin_pct)] = tie_word(margin_pct)
+    return says
 
 
 def verdicts(changes: pd.DataFrame, baseline: str, level: float = 0.95, metric: str = "test NDCG@10",
              margin_pct: float = 5.0) -> str:
     """`paired_change`'s table in words: the methods of each verdict with their change in percent; an
     unresolved interval that lies inside +-`margin_pct` of the baseline's mean is an equivalence finding."""
-    says = verdict(changes)
-    tie = f"equivalent within +-{margin_pct:g}%"
-    says[(says == UNRESOLVED) & (changes["ci_low_pct"] > -margin_pct) & (changes["ci_high_pct"] < margin_pct)] = tie
+    says, tie = verdict(changes, margin_pct), tie_word(margin_pct)
     parts = []
     for word in ("better", "worse", tie, UNRESOLVED):
         rows = changes.loc[says == word, ["method", "change_pct"]].itertuples(index=False)

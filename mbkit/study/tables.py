@@ -68,8 +68,8 @@ def one_run_resolution(summary: pd.DataFrame, baseline: Any, metric: str = "ndcg
     rows = summary.drop(index=[d for d in drop if d in summary.index])
     s = float(rows[f"{metric}_std"].mean())
     pct = 100.0 * s / float(summary.loc[baseline, f"{metric}_mean"])
-    shown = {"ndcg": "NDCG", "recall": "Recall", "precision": "Precision"}.get(metric.split("@")[0], metric)
-    shown += metric[len(metric.split("@")[0]):]
+    kind, k = metric.split("@")
+    shown = {"ndcg": "NDCG", "recall": "Recall", "precision": "Precision"}.get(kind, kind) + "@" + k
     return (f"seed std of {shown} (mean over the trained rows): {s:.4f} = {pct:.1f} % of {name or baseline}'s mean; "
             f"one run resolves differences above about {2 * 2 ** 0.5 * pct:.0f} %")
 
