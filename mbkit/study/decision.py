@@ -21,14 +21,18 @@ DIR = ROOT / "results" / "decision"
 PARAMS = ROOT / "notebooks" / "params" / "decision.yaml"
 # The half-widths the decision is sized for, percent of the baseline's mean: the study's headline rows, the rest.
 HEADLINE_PCT, OTHER_PCT = 5.0, 10.0
-# Each notebook's comparison: baseline, metric, and the rows held to HEADLINE_PCT, named from the record: 04's
-# MetaBalance at the relax factor it trained and PCGrad (adjusted); 03's relax factor that its rule chose.
+# Each notebook's comparison: baseline, metric, and the rows held to HEADLINE_PCT for a relax factor r and
+# strategy s: 04's MetaBalance at the r it trains and PCGrad (adjusted); 03's relax factor that its rule chose.
 COMPARISONS = {
-    "04_method_comparison": ("Vanilla", "test_ndcg@10",
-                             lambda rec: [f"MetaBalance (r={rec['params']['relax_factor']:g})", "PCGrad (adjusted)"]),
-    "03_relax_factor": ("r=0", "valid_ndcg@10",
-                        lambda rec: [f"{rec['chosen']['strategy']} r={rec['chosen']['relax_factor']:g}"]),
+    "04_method_comparison": ("Vanilla", "test_ndcg@10", lambda r, s: [f"MetaBalance (r={r:g})", "PCGrad (adjusted)"]),
+    "03_relax_factor": ("r=0", "valid_ndcg@10", lambda r, s: [f"{s} r={r:g}"]),
 }
+
+
+def targets(name: str, relax_factor: float, strategy: str = "both") -> dict[str, float]:
+    """The target half-width per row of notebook `name`'s comparison, as `stats.design` takes it: HEADLINE_PCT
+    for the headline rows at `relax_factor` (and 03's `strategy`), OTHER_PCT for every other row ("*")."""
+    return {row: HEADLINE_PCT for row in COMPARISONS[name][2](relax_factor, strategy)} | {"*": OTHER_PCT}
 
 
 def record(name: str, results_dir: str | Path | None = None) -> dict | None:
@@ -55,10 +59,10 @@ def table(name: str, results_dir: str | Path | None = None) -> pd.DataFrame | No
     rec, table_runs = record(name, results_dir), runs(name, results_dir)
     if rec is None or table_runs is None:
         return None
-    baseline, metric, headline = COMPARISONS[name]
+    baseline, metric, _ = COMPARISONS[name]
     changes = paired_change(table_runs, baseline, metric)
-    targets = {row: HEADLINE_PCT for row in headline(rec)} | {"*": OTHER_PCT}
-    sized = design(changes, targets)
+    chosen = rec.get("chosen") or {"relax_factor": rec["params"]["relax_factor"], "strategy": "both"}
+    sized = design(changes, targets(name, chosen["relax_factor"], chosen["strategy"]))
     out = changes[["method", "n_seeds", "change_pct", "ci_low_pct", "ci_high_pct", "detectable_pct"]].copy()
     out["target_pct"] = sized["target_pct"].to_numpy()
     out["meets_target"] = (sized["half_width_pct"] <= sized["target_pct"]).to_numpy()
